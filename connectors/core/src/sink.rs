@@ -1,0 +1,27 @@
+//! The sink contract.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::{ConnectorError, Message};
+
+/// Resolves once the broker confirmed one message (or failed to).
+pub type Confirm = Pin<Box<dyn Future<Output = Result<(), ConnectorError>> + Send + 'static>>;
+
+/// Publishes routed messages to a broker.
+///
+/// Contract:
+/// - `send` hands one message to the broker client and returns its [`Confirm`]. It may wait for
+///   room (a full local queue means wait, not fail); it fails only if the message cannot be
+///   handed over now, classified as the error says.
+/// - Messages sent with the same shard key reach the broker in the order `send` was called, as
+///   long as none of them fails. After a failure the engine stops sending, lets every confirm
+///   resolve, and re-sends the unconfirmed messages in their original order.
+/// - A `Confirm` resolves `Ok` only when the broker has taken durable responsibility for the
+///   message (Kafka: `acks=all` delivery report; AMQP: publisher confirm and not returned).
+pub trait Sink: Send {
+    fn send(
+        &mut self,
+        message: &Message,
+    ) -> impl Future<Output = Result<Confirm, ConnectorError>> + Send;
+}

@@ -1,0 +1,29 @@
+//! The source contract.
+
+use std::future::Future;
+
+use crate::{ConnectorError, Entry, Position};
+
+/// Reads committed outbox entries.
+///
+/// Contract:
+/// - `next_batch` yields only **committed** entries, each exactly once per run, in commit order
+///   for entries that share a shard key.
+/// - `ack(upto)` makes every entry this source emitted up to and including the one at `upto`
+///   durably done at the source (flush LSN reported, rows deleted or marked). The engine calls it
+///   only after the broker confirmed all of them; the source never acknowledges more.
+/// - After a restart, everything not acknowledged is emitted again.
+pub trait Source: Send {
+    /// Resolves when `next_batch` may have entries (a NOTIFY, a WAL message, a poll interval).
+    /// Must be cancel-safe: the engine drops it to serve acknowledgements.
+    fn ready(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Up to `max` entries; empty when nothing new was committed.
+    fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, ConnectorError>> + Send;
+
+    /// See the trait docs.
+    fn ack(&mut self, upto: Position) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+}

@@ -1,0 +1,106 @@
+//! Errors of the Kafka sink, classified where they are born.
+
+use outbox_relay_core::{ConnectorError, Retry};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    #[error("invalid Kafka client configuration")]
+    Config {
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error(
+        "message {id} is {size} bytes, over the limit of {limit} bytes (sink.max_message_bytes / \
+         message.max.bytes; raise it together with the topic's max.message.bytes)"
+    )]
+    TooLarge { id: String, size: usize, limit: usize },
+    #[error("Kafka topic {topic:?} does not exist: create it (auto-creation is not relied on)")]
+    UnknownTopic { topic: String },
+    #[error("cannot read metadata for Kafka topic {topic:?}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("cannot reach the Kafka cluster at {brokers}")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("Kafka rejected message {id} for topic {topic:?}")]
+    Produce {
+        id: String,
+        topic: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("the Kafka producer was shut down before message {id} was confirmed")]
+    Canceled { id: String },
+}
+
+impl KafkaSinkError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            KafkaSinkError::Config { .. } => Retry::Fatal,
+            KafkaSinkError::TooLarge { .. } | KafkaSinkError::UnknownTopic { .. } => {
+                Retry::Permanent
+            }
+            KafkaSinkError::Metadata { source, .. }
+            | KafkaSinkError::Unreachable { source, .. }
+            | KafkaSinkError::Produce { source, .. } => classify(source),
+            KafkaSinkError::Canceled { .. } => Retry::Transient,
+        }
+    }
+}
+
+/// Errors about the message or its topic are permanent (a resend gets the same answer);
+/// authentication and client misconfiguration are fatal. Everything else — brokers down, leaders
+/// moving, timeouts, a fatal producer state that a fresh producer clears — is transient.
+pub(crate) fn classify(error: &KafkaError) -> Retry {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::MessageBatchTooLarge
+            | C::InvalidRecord
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::PolicyViolation,
+        ) => Retry::Permanent,
+        Some(
+            C::ClusterAuthorizationFailed
+            | C::InvalidRequiredAcks
+            | C::SaslAuthenticationFailed
+            | C::Authentication,
+        ) => Retry::Fatal,
+        _ => Retry::Transient,
+    }
+}
+
+impl From<KafkaSinkError> for ConnectorError {
+    fn from(error: KafkaSinkError) -> Self {
+        ConnectorError::new(error.retry(), error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_are_permanent_and_outages_transient() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)), Retry::Permanent);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::UnknownTopic)), Retry::Permanent);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::BrokerTransportFailure)), Retry::Transient);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::NotEnoughReplicas)), Retry::Transient);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::Fatal)), Retry::Transient);
+        assert_eq!(classify(&produce(RDKafkaErrorCode::SaslAuthenticationFailed)), Retry::Fatal);
+    }
+}

@@ -1,0 +1,196 @@
+//! The Kafka sink proper. Invariant: the properties in [`ENFORCED_PROPERTIES`] are always set on
+//! the producer; configuration that contradicts them is refused, not silently overridden.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use futures::FutureExt;
+use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::KafkaSinkError;
+
+/// librdkafka properties the relay's guarantees rest on, with the reason.
+pub const ENFORCED_PROPERTIES: &[(&str, &str, &str)] = &[
+    ("enable.idempotence", "true", "keeps each partition's order across retries, no duplicates"),
+    ("acks", "all", "a confirm means every in-sync replica has the message"),
+    ("partitioner", "murmur2_random", "a key lands on the partition Java clients choose"),
+    ("message.timeout.ms", "0", "a message is never given up on while the broker is away"),
+    ("enable.gapless.guarantee", "true", "a failed message is never overtaken in its partition"),
+];
+
+/// Distinct topics remembered as existing before the memo is reset.
+const KNOWN_TOPICS_MAX: usize = 10_000;
+/// Pause before retrying a produce that found librdkafka's local queue full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Any librdkafka producer property (security, compression, batching, ...).
+    pub properties: BTreeMap<String, String>,
+    /// Largest message (payload + key + headers) the relay hands to Kafka; bigger ones are
+    /// poison.
+    pub max_message_bytes: usize,
+    /// Deadline for metadata requests (topic checks, connectivity checks).
+    pub metadata_timeout: Duration,
+}
+
+/// What `check` learned about the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterInfo {
+    pub brokers: usize,
+    pub topics: Vec<String>,
+}
+
+pub struct KafkaSink {
+    options: KafkaOptions,
+    producer: FutureProducer,
+    known_topics: HashSet<String>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").field("brokers", &self.options.brokers).finish()
+    }
+}
+
+impl KafkaSink {
+    pub fn new(options: KafkaOptions) -> Result<Self, KafkaSinkError> {
+        let producer = producer(&options)?;
+        Ok(Self { options, producer, known_topics: HashSet::new() })
+    }
+
+    /// Fetches cluster metadata: proves the brokers are reachable and lists the topics.
+    pub async fn check(&self) -> Result<ClusterInfo, KafkaSinkError> {
+        let producer = self.producer.clone();
+        let timeout = self.options.metadata_timeout;
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).map(|m| ClusterInfo {
+                brokers: m.brokers().len(),
+                topics: m.topics().iter().map(|t| t.name().to_owned()).collect(),
+            })
+        })
+        .await
+        .expect("metadata task does not panic");
+        metadata.map_err(|source| KafkaSinkError::Unreachable {
+            brokers: self.options.brokers.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks once per topic that it exists, so a missing topic is a clear, immediate error
+    /// rather than a message stuck in librdkafka's queue.
+    async fn ensure_topic(&mut self, topic: &str) -> Result<(), KafkaSinkError> {
+        if self.known_topics.contains(topic) {
+            return Ok(());
+        }
+        let producer = self.producer.clone();
+        let timeout = self.options.metadata_timeout;
+        let name = topic.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let metadata = producer.client().fetch_metadata(Some(&name), timeout)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()),
+            )
+        })
+        .await
+        .expect("metadata task does not panic")
+        .map_err(|source| KafkaSinkError::Metadata {
+            topic: topic.into(),
+            source: Box::new(source),
+        })?;
+        if !found {
+            return Err(KafkaSinkError::UnknownTopic { topic: topic.into() });
+        }
+        if self.known_topics.len() >= KNOWN_TOPICS_MAX {
+            self.known_topics.clear();
+        }
+        self.known_topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// A producer in a fatal state (e.g. a gapless-guarantee violation) cannot send again; the
+    /// engine re-sends everything unconfirmed after a failure, so a fresh producer is safe here.
+    fn renew_if_fatal(&mut self) -> Result<(), KafkaSinkError> {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::warn!(?code, reason = %reason, "Kafka producer hit a fatal error; starting a new one");
+            self.producer = producer(&self.options)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
+        let size = message.size();
+        if size > self.options.max_message_bytes {
+            return Err(KafkaSinkError::TooLarge {
+                id: message.id.clone(),
+                size,
+                limit: self.options.max_message_bytes,
+            }
+            .into());
+        }
+        self.renew_if_fatal()?;
+        self.ensure_topic(&message.destination).await?;
+
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for header in &message.headers {
+            headers = headers.insert(Header { key: &header.name, value: Some(&header.value) });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&message.destination).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_bytes());
+        }
+        if let Some(payload) = &message.payload {
+            record = record.payload(payload);
+        }
+        let delivery = loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err((source, _)) => {
+                    return Err(KafkaSinkError::Produce {
+                        id: message.id.clone(),
+                        topic: message.destination.clone(),
+                        source: Box::new(source),
+                    }
+                    .into());
+                }
+            }
+        };
+        let id = message.id.clone();
+        let topic = message.destination.clone();
+        Ok(Box::pin(delivery.map(move |report| match report {
+            Ok(Ok(_delivered)) => Ok(()),
+            Ok(Err((source, _message))) => {
+                Err(KafkaSinkError::Produce { id, topic, source: Box::new(source) }.into())
+            }
+            Err(_canceled) => Err(KafkaSinkError::Canceled { id }.into()),
+        })))
+    }
+}
+
+fn producer(options: &KafkaOptions) -> Result<FutureProducer, KafkaSinkError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &options.brokers);
+    config.set("client.id", "outbox-relay");
+    for (key, value) in &options.properties {
+        config.set(key, value);
+    }
+    for (key, value, _why) in ENFORCED_PROPERTIES {
+        config.set(*key, *value);
+    }
+    config.create().map_err(|source| KafkaSinkError::Config { source: Box::new(source) })
+}

@@ -1,0 +1,143 @@
+//! Which `seq` values the poll source skipped, and when a skipped value can no longer appear.
+//!
+//! The poll source reads rows with `seq > hi` in `seq` order. A value below `hi` that no read
+//! returned is a *hole*: its row may belong to a transaction still in progress (it commits
+//! later), to one that rolled back, or the value was drawn and never used. Holes are re-read on
+//! every poll, so a late commit is published as soon as it is visible, and forgotten once no
+//! transaction can fill them any more.
+//!
+//! # The rule
+//! The trigger that stamps `seq` first makes the inserting transaction take an xid
+//! (`pg_current_xact_id()`), then calls `nextval` on a `CACHE 1` sequence. Say a read with
+//! snapshot S returned a row `r` but not `h < r`. Then `r`'s transaction committed before S was
+//! taken, `r` was drawn before that, `h` was drawn before `r`, and the xid of whatever
+//! transaction drew `h` was assigned before `h` — so that xid is below `S.xmax`. Once a later
+//! snapshot has `xmin >= S.xmax`, every transaction with an xid below `S.xmax` has ended: if the
+//! one holding `h` committed, that snapshot sees its row; if a read in that snapshot does not
+//! find `h`, no read ever will. Invariant: a hole is dropped only by that rule or by being read.
+
+use std::collections::BTreeMap;
+
+/// A snapshot's bounds, as `pg_current_snapshot()` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotBounds {
+    /// Oldest xid still running: every xid below it has ended.
+    pub(crate) xmin: u64,
+    /// First xid not yet assigned: every transaction below it had started.
+    pub(crate) xmax: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hole {
+    /// Inclusive upper end of the range of missing `seq` values.
+    hi: i64,
+    /// `xmax` of the snapshot that first saw the range missing.
+    xmax: u64,
+}
+
+/// Ranges of unread `seq` values below the read cursor.
+#[derive(Debug, Default)]
+pub(crate) struct Holes {
+    by_lo: BTreeMap<i64, Hole>,
+}
+
+impl Holes {
+    /// Records the values between `after` and each of `read` (ascending, all `> after`) that the
+    /// read in a snapshot with `xmax` skipped. Returns the new cursor (the last value read).
+    pub(crate) fn record_read(&mut self, after: i64, read: &[i64], xmax: u64) -> i64 {
+        let mut previous = after;
+        for &seq in read {
+            debug_assert!(seq > previous, "reads come in ascending seq order");
+            if seq > previous + 1 {
+                self.by_lo.insert(previous + 1, Hole { hi: seq - 1, xmax });
+            }
+            previous = seq;
+        }
+        previous
+    }
+
+    /// A late row was read: `seq` is no longer missing.
+    pub(crate) fn fill(&mut self, seq: i64) {
+        let Some((&lo, &hole)) = self.by_lo.range(..=seq).next_back() else { return };
+        if seq > hole.hi {
+            return;
+        }
+        self.by_lo.remove(&lo);
+        if lo < seq {
+            self.by_lo.insert(lo, Hole { hi: seq - 1, ..hole });
+        }
+        if seq < hole.hi {
+            self.by_lo.insert(seq + 1, hole);
+        }
+    }
+
+    /// Forgets the holes that no running transaction can fill, given a snapshot in which they
+    /// were just read and not found (see the module docs).
+    pub(crate) fn forget_settled(&mut self, snapshot: SnapshotBounds) {
+        self.by_lo.retain(|_, hole| hole.xmax > snapshot.xmin);
+    }
+
+    /// Inclusive bounds of every range, for `unnest($lo, $hi)`.
+    pub(crate) fn bounds(&self) -> (Vec<i64>, Vec<i64>) {
+        self.by_lo.iter().map(|(&lo, hole)| (lo, hole.hi)).unzip()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_lo.is_empty()
+    }
+
+    pub(crate) fn ranges(&self) -> usize {
+        self.by_lo.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(holes: &Holes) -> Vec<(i64, i64)> {
+        let (lo, hi) = holes.bounds();
+        lo.into_iter().zip(hi).collect()
+    }
+
+    #[test]
+    fn skipped_values_become_holes_and_the_cursor_advances() {
+        let mut holes = Holes::default();
+        let hi = holes.record_read(0, &[1, 2, 5, 6, 9], 100);
+        assert_eq!(hi, 9);
+        assert_eq!(ranges(&holes), vec![(3, 4), (7, 8)]);
+        assert_eq!(holes.record_read(9, &[], 101), 9);
+        assert_eq!(ranges(&holes), vec![(3, 4), (7, 8)]);
+    }
+
+    #[test]
+    fn filling_splits_a_range() {
+        let mut holes = Holes::default();
+        holes.record_read(0, &[10], 100);
+        holes.fill(5);
+        assert_eq!(ranges(&holes), vec![(1, 4), (6, 9)]);
+        holes.fill(1);
+        holes.fill(9);
+        holes.fill(42); // not a hole: ignored
+        assert_eq!(ranges(&holes), vec![(2, 4), (6, 8)]);
+        for seq in [2, 3, 4, 6, 7, 8] {
+            holes.fill(seq);
+        }
+        assert!(holes.is_empty());
+    }
+
+    #[test]
+    fn a_hole_is_forgotten_only_once_every_transaction_that_could_fill_it_ended() {
+        let mut holes = Holes::default();
+        holes.record_read(0, &[3], 100); // hole 1..=2 seen with xmax 100
+        holes.record_read(3, &[6], 120); // hole 4..=5 seen with xmax 120
+        holes.forget_settled(SnapshotBounds { xmin: 99, xmax: 130 });
+        assert_eq!(ranges(&holes), vec![(1, 2), (4, 5)], "xid 99 may still fill either");
+        holes.forget_settled(SnapshotBounds { xmin: 100, xmax: 130 });
+        assert_eq!(ranges(&holes), vec![(4, 5)], "all xids < 100 ended");
+        holes.forget_settled(SnapshotBounds { xmin: 119, xmax: 130 });
+        assert_eq!(ranges(&holes), vec![(4, 5)]);
+        holes.forget_settled(SnapshotBounds { xmin: 120, xmax: 130 });
+        assert!(holes.is_empty());
+    }
+}

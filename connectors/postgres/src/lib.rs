@@ -1,0 +1,16 @@
+//! PostgreSQL for pg-outbox-relay: sessions, the outbox table, and the sources that read it.
+//!
+//! [`PollSource`] reads an outbox table gap-free: it never relies on an `id > last_seen` cursor
+//! alone, because sequence values commit out of order; see [`holes`](crate::holes) for the rule
+//! that decides when a skipped `seq` can no longer appear.
+
+mod error;
+mod holes;
+mod poll;
+mod session;
+mod table;
+
+pub use error::PostgresError;
+pub use poll::{AfterPublish, PollOptions, PollSource};
+pub use session::{quote_ident, Session, SessionOptions};
+pub use table::{OutboxTable, TableName, TableShape};

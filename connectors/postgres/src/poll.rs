@@ -1,0 +1,344 @@
+//! The polling source: reads the oldest visible unpublished outbox rows, and deletes (or marks)
+//! them only when the engine acknowledges them.
+//!
+//! Invariants:
+//! - Gap-free: a row is never skipped because a row with a higher `seq` committed first. Reads go
+//!   forward from a cursor, and every value the cursor passed without reading is re-read until
+//!   [`Holes`] proves it can no longer appear.
+//! - Per shard key, rows are emitted in commit order when the app serialises writers of a key
+//!   before it inserts the outbox row (a row lock on the aggregate, the usual pattern): such a row
+//!   draws its `seq` after the previous writer committed, so `seq` order is commit order, and a
+//!   late row is emitted after every row with a higher `seq` that was visible earlier.
+//! - Rows leave the table only through [`PollSource::ack`], for rows this source emitted.
+//!
+//! After any error the source must be dropped and built again: it starts over from the oldest
+//! row still in the table, so rows read but not acknowledged are emitted again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use outbox_relay_core::{ConnectorError, Entry, Fields, PayloadKind, Position, Source};
+use tokio_postgres::{Row, Statement};
+
+use crate::holes::{Holes, SnapshotBounds};
+use crate::table::{PUBLISHED_AT_COLUMN, SEQ_COLUMN};
+use crate::{quote_ident, OutboxTable, PostgresError, Session};
+
+/// Rows per DELETE/UPDATE statement when acknowledging.
+const ACK_CHUNK: usize = 5_000;
+/// How often `after_publish = "mark"` deletes rows older than the retention.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per retention statement.
+const CLEANUP_CHUNK: i64 = 10_000;
+
+/// What happens to a row once the broker confirmed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterPublish {
+    /// Delete the row.
+    Delete,
+    /// Set `published_at`, and delete rows published longer ago than `retention`.
+    Mark { retention: Duration },
+}
+
+#[derive(Clone, Debug)]
+pub struct PollOptions {
+    /// Most rows returned by one read (per part: late rows and new rows).
+    pub batch_size: usize,
+    /// Fallback wake-up when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    pub after_publish: AfterPublish,
+    /// Channel the outbox trigger notifies; `None` polls on the interval only.
+    pub notify_channel: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct PollSource {
+    session: Session,
+    table: OutboxTable,
+    options: PollOptions,
+    statements: Statements,
+    names: Arc<[Arc<str>]>,
+    id_index: usize,
+    /// Highest `seq` read so far; values below it that were not read are in `holes`.
+    cursor: i64,
+    holes: Holes,
+    /// `seq` of every emitted, unacknowledged row, in emission order.
+    emitted: VecDeque<i64>,
+    /// The last read was cut by `batch_size`: read again without waiting.
+    more: bool,
+    last_cleanup: Instant,
+}
+
+#[derive(Debug)]
+struct Statements {
+    snapshot: Statement,
+    fresh: Statement,
+    late: Statement,
+    ack: Statement,
+    cleanup: Option<Statement>,
+}
+
+impl PollSource {
+    /// Prepares the reads on `session` (typically the leader session, so only the leader reads).
+    pub async fn new(
+        session: Session,
+        table: OutboxTable,
+        options: PollOptions,
+    ) -> Result<Self, PostgresError> {
+        let mark = matches!(options.after_publish, AfterPublish::Mark { .. });
+        if mark && !table.has_column(PUBLISHED_AT_COLUMN) {
+            return Err(PostgresError::MissingColumn {
+                table: table.name.to_string(),
+                column: PUBLISHED_AT_COLUMN.into(),
+                hint: "after_publish = \"mark\" needs it: \
+                       alter table ... add column published_at timestamptz",
+            });
+        }
+        let fields: Vec<&str> = table.field_columns().collect();
+        let id_index = fields.iter().position(|c| *c == table.id_column).expect("checked");
+        let select = select_list(&table, &fields);
+        let from = table.name.quoted();
+        let seq = quote_ident(SEQ_COLUMN);
+        let unpublished = if mark {
+            format!(" and o.{} is null", quote_ident(PUBLISHED_AT_COLUMN))
+        } else {
+            String::new()
+        };
+        let prepare = |sql: String| {
+            let session = &session;
+            async move { session.prepare(&sql).await }
+        };
+        let statements = Statements {
+            snapshot: prepare(
+                "select pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text \
+                 from pg_current_snapshot() s"
+                    .into(),
+            )
+            .await?,
+            fresh: prepare(format!(
+                "select {select} from {from} o where o.{seq} > $1{unpublished} \
+                 order by o.{seq} limit $2"
+            ))
+            .await?,
+            late: prepare(format!(
+                "select {select} from unnest($1::int8[], $2::int8[]) r(lo, hi) \
+                 join {from} o on o.{seq} between r.lo and r.hi{unpublished} \
+                 order by o.{seq} limit $3"
+            ))
+            .await?,
+            ack: prepare(match options.after_publish {
+                AfterPublish::Delete => format!("delete from {from} o where o.{seq} = any($1)"),
+                AfterPublish::Mark { .. } => format!(
+                    "update {from} o set {p} = now() where o.{seq} = any($1) and o.{p} is null",
+                    p = quote_ident(PUBLISHED_AT_COLUMN)
+                ),
+            })
+            .await?,
+            cleanup: match options.after_publish {
+                AfterPublish::Delete => None,
+                AfterPublish::Mark { .. } => Some(
+                    prepare(format!(
+                        "delete from {from} where {seq} in (select o.{seq} from {from} o \
+                         where o.{p} < now() - make_interval(secs => $1) limit $2)",
+                        p = quote_ident(PUBLISHED_AT_COLUMN)
+                    ))
+                    .await?,
+                ),
+            },
+        };
+        if let Some(channel) = &options.notify_channel {
+            let listen = format!("listen {}", quote_ident(channel));
+            session
+                .timed("LISTEN on the outbox channel", session.client().batch_execute(&listen))
+                .await?;
+        }
+        let names: Arc<[Arc<str>]> = fields.iter().map(|c| Arc::from(*c)).collect();
+        Ok(Self {
+            session,
+            table,
+            options,
+            statements,
+            names,
+            id_index,
+            cursor: 0,
+            holes: Holes::default(),
+            emitted: VecDeque::new(),
+            more: true,
+            last_cleanup: Instant::now(),
+        })
+    }
+
+    /// Values skipped by the cursor and still being watched; for metrics and tests.
+    pub fn hole_ranges(&self) -> usize {
+        self.holes.ranges()
+    }
+
+    async fn read(&mut self, max: usize) -> Result<Vec<Entry>, PostgresError> {
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let client = self.session.client();
+        // One REPEATABLE READ transaction: the snapshot bounds and both reads see the same
+        // snapshot, which is what the hole rule reasons about.
+        self.session
+            .timed(
+                "starting an outbox read",
+                client.batch_execute("begin isolation level repeatable read read only"),
+            )
+            .await?;
+        let snapshot_row = self
+            .session
+            .timed("reading the snapshot", client.query_one(&self.statements.snapshot, &[]))
+            .await?;
+        let snapshot = SnapshotBounds {
+            xmin: parse_xid(snapshot_row.get(0)),
+            xmax: parse_xid(snapshot_row.get(1)),
+        };
+
+        let mut rows = Vec::new();
+        let mut late_cut = false;
+        if !self.holes.is_empty() {
+            let (lo, hi) = self.holes.bounds();
+            let late = self
+                .session
+                .timed(
+                    "re-reading skipped outbox rows",
+                    client.query(&self.statements.late, &[&lo, &hi, &limit]),
+                )
+                .await?;
+            late_cut = late.len() as i64 >= limit;
+            for row in &late {
+                self.holes.fill(row.get(0));
+            }
+            self.holes.forget_settled(snapshot);
+            rows = late;
+        }
+        // When late rows were cut short, newer rows wait: one of the rows left behind may
+        // precede them in commit order.
+        let mut fresh_cut = false;
+        if !late_cut {
+            let fresh = self
+                .session
+                .timed(
+                    "reading outbox rows",
+                    client.query(&self.statements.fresh, &[&self.cursor, &limit]),
+                )
+                .await?;
+            fresh_cut = fresh.len() as i64 >= limit;
+            let seqs: Vec<i64> = fresh.iter().map(|r| r.get(0)).collect();
+            self.cursor = self.holes.record_read(self.cursor, &seqs, snapshot.xmax);
+            rows.extend(fresh);
+        }
+        self.session.timed("ending an outbox read", client.batch_execute("commit")).await?;
+        self.more = late_cut || fresh_cut;
+
+        // Late rows all precede the fresh ones in `seq`; within each part the order is `seq`.
+        let entries: Vec<Entry> = rows.iter().map(|row| self.entry(row)).collect();
+        self.emitted.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        if !self.holes.is_empty() {
+            tracing::trace!(ranges = self.holes.ranges(), "watching skipped seq values");
+        }
+        Ok(entries)
+    }
+
+    fn entry(&self, row: &Row) -> Entry {
+        let seq: i64 = row.get(0);
+        let payload = match self.table.payload_kind {
+            PayloadKind::Binary => row.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
+            PayloadKind::Json | PayloadKind::Text => {
+                row.get::<_, Option<String>>(1).map(Bytes::from)
+            }
+        };
+        let values: Vec<Option<String>> = (0..self.names.len()).map(|i| row.get(i + 2)).collect();
+        let id = values[self.id_index].clone().unwrap_or_default();
+        Entry {
+            position: Position::Poll { seq },
+            id,
+            fields: Fields::new(Arc::clone(&self.names), values),
+            payload,
+            payload_kind: self.table.payload_kind,
+        }
+    }
+
+    async fn acknowledge(&mut self, upto: Position) -> Result<(), PostgresError> {
+        let Position::Poll { seq: last } = upto else {
+            return Err(PostgresError::UnknownPosition { position: upto.to_string() });
+        };
+        let Some(count) = self.emitted.iter().position(|&s| s == last).map(|i| i + 1) else {
+            return Err(PostgresError::UnknownPosition { position: upto.to_string() });
+        };
+        let done: Vec<i64> = self.emitted.drain(..count).collect();
+        for chunk in done.chunks(ACK_CHUNK) {
+            self.session
+                .timed(
+                    "removing published outbox rows",
+                    self.session.client().execute(&self.statements.ack, &[&chunk]),
+                )
+                .await?;
+        }
+        self.clean_up().await
+    }
+
+    /// `after_publish = "mark"`: delete one chunk of rows past their retention, now and then.
+    async fn clean_up(&mut self) -> Result<(), PostgresError> {
+        let (Some(cleanup), AfterPublish::Mark { retention }) =
+            (&self.statements.cleanup, self.options.after_publish)
+        else {
+            return Ok(());
+        };
+        if self.last_cleanup.elapsed() < CLEANUP_EVERY {
+            return Ok(());
+        }
+        self.last_cleanup = Instant::now();
+        let deleted = self
+            .session
+            .timed(
+                "deleting outbox rows past their retention",
+                self.session.client().execute(cleanup, &[&retention.as_secs_f64(), &CLEANUP_CHUNK]),
+            )
+            .await?;
+        if deleted > 0 {
+            tracing::debug!(table = %self.table.name, deleted, "deleted rows past retention");
+        }
+        Ok(())
+    }
+}
+
+impl Source for PollSource {
+    async fn ready(&mut self) -> Result<(), ConnectorError> {
+        if !self.more {
+            tokio::select! {
+                () = self.session.notified() => {}
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>, ConnectorError> {
+        Ok(self.read(max).await?)
+    }
+
+    async fn ack(&mut self, upto: Position) -> Result<(), ConnectorError> {
+        Ok(self.acknowledge(upto).await?)
+    }
+}
+
+/// `seq, payload, field1::text, ...` for `o`.
+fn select_list(table: &OutboxTable, fields: &[&str]) -> String {
+    let payload = quote_ident(&table.payload_column);
+    let mut list = format!("o.{}, ", quote_ident(SEQ_COLUMN));
+    match table.payload_kind {
+        PayloadKind::Binary => list.push_str(&format!("o.{payload}")),
+        PayloadKind::Json | PayloadKind::Text => list.push_str(&format!("o.{payload}::text")),
+    }
+    for field in fields {
+        list.push_str(&format!(", o.{}::text", quote_ident(field)));
+    }
+    list
+}
+
+/// `xid8` arrives as text; it always parses (it is a 64-bit counter).
+fn parse_xid(text: &str) -> u64 {
+    text.parse().expect("xid8 is a decimal u64")
+}

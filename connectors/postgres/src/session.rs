@@ -1,0 +1,168 @@
+//! One PostgreSQL session: the client, the task that drives its socket, and wake-ups from
+//! LISTEN. Invariant: the driver task lives exactly as long as the [`Session`] (aborted on drop),
+//! and every call made through [`Session::timed`] has a deadline.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::PostgresError;
+
+/// Deadlines and identity for a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Deadline for establishing the connection (TCP + startup + auth).
+    pub connect_timeout: Duration,
+    /// Deadline for each statement issued through [`Session::timed`].
+    pub query_timeout: Duration,
+    /// `application_name`, unless the URL sets one; shows in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(30),
+            application_name: "outbox-relay".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+    notified: Arc<Notify>,
+    target: String,
+    query_timeout: Duration,
+    _driver: AbortOnDropHandle<()>,
+}
+
+impl Session {
+    /// Connects to `url` (a libpq-style URL or key=value string).
+    pub async fn connect(url: &str, options: &SessionOptions) -> Result<Self, PostgresError> {
+        let mut config = Config::from_str(url).map_err(|source| PostgresError::Url { source })?;
+        if config.get_application_name().is_none() {
+            config.application_name(&options.application_name);
+        }
+        config.connect_timeout(options.connect_timeout);
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        config.tcp_user_timeout(options.query_timeout);
+        let target = describe(&config);
+
+        let connecting = config.connect(NoTls);
+        let (client, mut connection) = tokio::time::timeout(options.connect_timeout, connecting)
+            .await
+            .map_err(|_| PostgresError::ConnectTimeout {
+                target: target.clone(),
+                after: options.connect_timeout,
+            })?
+            .map_err(|source| PostgresError::Connect { target: target.clone(), source })?;
+
+        let notified = Arc::new(Notify::new());
+        let wake = Arc::clone(&notified);
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        tracing::debug!(notice = %notice.message(), "postgres notice");
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(error = %error, "postgres connection ended");
+                        break;
+                    }
+                }
+            }
+            // Wake a waiter so it notices the closed connection on its next statement.
+            wake.notify_one();
+        });
+
+        Ok(Self {
+            client,
+            notified,
+            target,
+            query_timeout: options.query_timeout,
+            _driver: AbortOnDropHandle::new(driver),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// `host:port/database`, without credentials, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Resolves on the next NOTIFY delivered to this session (cancel-safe; wake-ups coalesce).
+    pub async fn notified(&self) {
+        self.notified.notified().await;
+    }
+
+    /// Prepares `sql` on this session.
+    pub async fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement, PostgresError> {
+        self.timed("preparing a statement", self.client.prepare(sql)).await
+    }
+
+    /// Runs `call` with this session's statement deadline.
+    pub async fn timed<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, PostgresError> {
+        match tokio::time::timeout(self.query_timeout, call).await {
+            Ok(result) => result.map_err(|source| PostgresError::Query { what, source }),
+            Err(_) => Err(PostgresError::Timeout { what, after: self.query_timeout }),
+        }
+    }
+}
+
+/// `host:port/database` of a config, never its password.
+fn describe(config: &Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+/// Quotes an SQL identifier: `a"b` becomes `"a""b"`.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_hides_credentials() {
+        let config = Config::from_str("postgres://app:s3cret@db.internal:6543/orders").unwrap();
+        assert_eq!(describe(&config), "db.internal:6543/orders");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("outbox"), "\"outbox\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

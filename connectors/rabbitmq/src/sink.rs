@@ -1,0 +1,348 @@
+//! The RabbitMQ sink proper. Invariant: a message's lane is a pure function of its key, and a
+//! broken connection is rebuilt only from `send`, which the engine calls again only after every
+//! confirm of the old connection has resolved.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::AMQPUri;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
+
+use crate::{RabbitSinkError, Topology};
+
+/// AMQP short strings (exchange, routing key, message id) hold at most this many bytes.
+const SHORT_STRING_MAX: usize = 255;
+/// Distinct exchanges remembered as existing before the memo is reset.
+const KNOWN_EXCHANGES_MAX: usize = 10_000;
+
+#[derive(Clone)]
+pub struct RabbitOptions {
+    /// `amqp://user:password@host:port/vhost`.
+    pub url: String,
+    /// Channels publishing in parallel; a key always uses the same one.
+    pub lanes: usize,
+    /// Largest message (payload + key + headers) the relay hands to RabbitMQ.
+    pub max_message_bytes: usize,
+    /// Deadline for connecting and for each declaration.
+    pub connect_timeout: Duration,
+    pub topology: Topology,
+}
+
+impl std::fmt::Debug for RabbitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitOptions")
+            .field("url", &"<redacted>")
+            .field("lanes", &self.lanes)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct RabbitSink {
+    options: RabbitOptions,
+    target: String,
+    connected: Option<Connected>,
+}
+
+struct Connected {
+    connection: Connection,
+    lanes: Vec<Channel>,
+    /// For passive exchange checks, which close the channel when the exchange is missing.
+    probe: Option<Channel>,
+    known_exchanges: HashSet<String>,
+}
+
+impl std::fmt::Debug for RabbitSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSink")
+            .field("target", &self.target)
+            .field("connected", &self.connected.is_some())
+            .finish()
+    }
+}
+
+impl RabbitSink {
+    /// Validates the URL; connects lazily on the first send (or [`RabbitSink::check`]).
+    pub fn new(options: RabbitOptions) -> Result<Self, RabbitSinkError> {
+        let uri =
+            AMQPUri::from_str(&options.url).map_err(|reason| RabbitSinkError::Url { reason })?;
+        let target = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
+        Ok(Self {
+            options: RabbitOptions { lanes: options.lanes.max(1), ..options },
+            target,
+            connected: None,
+        })
+    }
+
+    /// `host:port/vhost`, without credentials.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Connects and declares the configured topology: proves reachability and permissions.
+    pub async fn check(&mut self) -> Result<(), RabbitSinkError> {
+        self.connection().await.map(|_| ())
+    }
+
+    /// Verifies that `exchange` exists (for `check`).
+    pub async fn check_exchange(&mut self, exchange: &str) -> Result<(), RabbitSinkError> {
+        let timeout = self.options.connect_timeout;
+        self.connection().await?.ensure_exchange(exchange, timeout).await
+    }
+
+    async fn connection(&mut self) -> Result<&mut Connected, RabbitSinkError> {
+        let healthy = self.connected.as_ref().is_some_and(|c| {
+            c.connection.status().connected() && c.lanes.iter().all(|l| l.status().connected())
+        });
+        if !healthy {
+            if let Some(old) = self.connected.take() {
+                tracing::info!(target = %self.target, "reconnecting to RabbitMQ");
+                let closing = old.connection.close(200, "reconnecting".into());
+                let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+            }
+            self.connected = Some(self.connect().await?);
+        }
+        Ok(self.connected.as_mut().expect("just connected"))
+    }
+
+    async fn connect(&self) -> Result<Connected, RabbitSinkError> {
+        let timeout = self.options.connect_timeout;
+        let target = self.target.clone();
+        let properties =
+            ConnectionProperties::default().with_connection_name("outbox-relay".into());
+        let connection =
+            tokio::time::timeout(timeout, Connection::connect(&self.options.url, properties))
+                .await
+                .map_err(|_| RabbitSinkError::ConnectTimeout {
+                    target: target.clone(),
+                    after: timeout,
+                })?
+                .map_err(|source| RabbitSinkError::Connect {
+                    target: target.clone(),
+                    source: Box::new(source),
+                })?;
+        let within = |what: &str| RabbitSinkError::Timeout { what: what.into(), after: timeout };
+        let setup = open_channel(&connection, timeout, &target).await?;
+        tokio::time::timeout(timeout, self.options.topology.declare(&setup))
+            .await
+            .map_err(|_| within("topology declarations"))??;
+        let _ = setup.close(200, "topology declared".into()).await;
+
+        let mut lanes = Vec::with_capacity(self.options.lanes);
+        for _ in 0..self.options.lanes {
+            let lane = open_channel(&connection, timeout, &target).await?;
+            tokio::time::timeout(timeout, lane.confirm_select(ConfirmSelectOptions::default()))
+                .await
+                .map_err(|_| within("confirm.select"))?
+                .map_err(|source| RabbitSinkError::Connect {
+                    target: self.target.clone(),
+                    source: Box::new(source),
+                })?;
+            lanes.push(lane);
+        }
+        tracing::info!(target = %self.target, lanes = lanes.len(), "connected to RabbitMQ");
+        Ok(Connected { connection, lanes, probe: None, known_exchanges: HashSet::new() })
+    }
+}
+
+impl Connected {
+    /// Checks once per exchange that it exists, so a missing exchange is a clear permanent error
+    /// for the message instead of a channel closed under every message in flight.
+    async fn ensure_exchange(
+        &mut self,
+        exchange: &str,
+        timeout: Duration,
+    ) -> Result<(), RabbitSinkError> {
+        if exchange.is_empty() || self.known_exchanges.contains(exchange) {
+            return Ok(()); // the default exchange always exists
+        }
+        let probe = match self.probe.take().filter(|p| p.status().connected()) {
+            Some(probe) => probe,
+            None => tokio::time::timeout(timeout, self.connection.create_channel())
+                .await
+                .map_err(|_| RabbitSinkError::Timeout {
+                    what: "channel.open".into(),
+                    after: timeout,
+                })?
+                .map_err(|source| RabbitSinkError::ExchangeCheck {
+                    exchange: exchange.into(),
+                    source: Box::new(source),
+                })?,
+        };
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        let declared = probe.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Direct,
+            passive,
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(timeout, declared).await {
+            Err(_) => Err(RabbitSinkError::Timeout {
+                what: format!("exchange check of {exchange:?}"),
+                after: timeout,
+            }),
+            Ok(Ok(())) => {
+                self.probe = Some(probe);
+                if self.known_exchanges.len() >= KNOWN_EXCHANGES_MAX {
+                    self.known_exchanges.clear();
+                }
+                self.known_exchanges.insert(exchange.to_owned());
+                Ok(())
+            }
+            Ok(Err(source)) => match source.kind() {
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) =>
+                {
+                    Err(RabbitSinkError::MissingExchange { exchange: exchange.into() })
+                }
+                _ => Err(RabbitSinkError::ExchangeCheck {
+                    exchange: exchange.into(),
+                    source: Box::new(source),
+                }),
+            },
+        }
+    }
+}
+
+impl Sink for RabbitSink {
+    async fn send(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
+        validate(message, self.options.max_message_bytes)?;
+        let timeout = self.options.connect_timeout;
+        let connected = self.connection().await?;
+        connected.ensure_exchange(&message.destination, timeout).await?;
+
+        let lane = lane_of(message.key.as_deref(), connected.lanes.len());
+        let channel = &connected.lanes[lane];
+        if !channel.status().connected() {
+            return Err(RabbitSinkError::ChannelClosed { lane }.into());
+        }
+        let routing_key = message.key.as_deref().unwrap_or("");
+        let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let publish = channel.basic_publish(
+            message.destination.as_str().into(),
+            routing_key.into(),
+            options,
+            message.payload.as_deref().unwrap_or(&[]),
+            properties(message),
+        );
+        let id = message.id.clone();
+        let exchange = message.destination.clone();
+        let confirm = publish.await.map_err(|source| RabbitSinkError::Publish {
+            id: id.clone(),
+            exchange: exchange.clone(),
+            source: Box::new(source),
+        })?;
+        let routing_key = routing_key.to_owned();
+        Ok(Box::pin(async move {
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
+                    Err(RabbitSinkError::Unroutable {
+                        id,
+                        exchange,
+                        routing_key,
+                        reply_code: returned.reply_code,
+                        reply_text: returned.reply_text.to_string(),
+                    }
+                    .into())
+                }
+                Ok(Confirmation::Nack(None) | Confirmation::NotRequested) => {
+                    Err(RabbitSinkError::Nacked { id }.into())
+                }
+                Err(source) => {
+                    Err(RabbitSinkError::Publish { id, exchange, source: Box::new(source) }.into())
+                }
+            }
+        }))
+    }
+}
+
+async fn open_channel(
+    connection: &Connection,
+    timeout: Duration,
+    target: &str,
+) -> Result<Channel, RabbitSinkError> {
+    tokio::time::timeout(timeout, connection.create_channel())
+        .await
+        .map_err(|_| RabbitSinkError::Timeout { what: "channel.open".into(), after: timeout })?
+        .map_err(|source| RabbitSinkError::Connect {
+            target: target.into(),
+            source: Box::new(source),
+        })
+}
+
+fn validate(message: &Message, limit: usize) -> Result<(), RabbitSinkError> {
+    let size = message.size();
+    if size > limit {
+        return Err(RabbitSinkError::TooLarge { id: message.id.clone(), size, limit });
+    }
+    let names = [
+        ("the exchange name", message.destination.len()),
+        ("the routing key", message.key.as_ref().map_or(0, String::len)),
+        ("the message id", message.id.len()),
+    ];
+    for (what, len) in names {
+        if len > SHORT_STRING_MAX {
+            return Err(RabbitSinkError::NameTooLong { id: message.id.clone(), what, len });
+        }
+    }
+    Ok(())
+}
+
+fn properties(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for header in &message.headers {
+        headers.insert(
+            (&*header.name).into(),
+            AMQPValue::LongString(LongString::from(header.value.as_str())),
+        );
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut properties = BasicProperties::default()
+        .with_message_id(message.id.as_str().into())
+        .with_delivery_mode(2)
+        .with_content_type(message.payload_kind.content_type().into())
+        .with_app_id("outbox-relay".into())
+        .with_timestamp(now)
+        .with_headers(headers);
+    if let Some(kind) = message.headers.iter().find(|h| &*h.name == "type") {
+        if kind.value.len() <= SHORT_STRING_MAX {
+            properties = properties.with_type(kind.value.as_str().into());
+        }
+    }
+    properties
+}
+
+/// FNV-1a of the key, modulo the lane count: stable across runs and processes.
+fn lane_of(key: Option<&str>, lanes: usize) -> usize {
+    let Some(key) = key else { return 0 };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % lanes as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_maps_to_the_same_lane() {
+        assert_eq!(lane_of(None, 4), 0);
+        let first = lane_of(Some("order-42"), 4);
+        for _ in 0..10 {
+            assert_eq!(lane_of(Some("order-42"), 4), first);
+        }
+        let used: HashSet<usize> = (0..100).map(|i| lane_of(Some(&format!("k{i}")), 4)).collect();
+        assert_eq!(used.len(), 4, "keys spread over every lane");
+    }
+}

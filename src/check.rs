@@ -1,0 +1,194 @@
+//! `outbox-relay check`: configuration, connectivity and prerequisites, each explained in plain
+//! words. Invariant: check only reads — it never creates, alters or deletes anything (the
+//! RabbitMQ topology declared from config is the one exception, and it is idempotent).
+
+use outbox_relay_postgres::{OutboxTable, Session, TableName};
+
+use crate::config::{AfterPublishConfig, Config, SinkConfig};
+use crate::error::RelayError;
+use crate::router::Router;
+use crate::sink::chain;
+
+#[derive(Debug, Default)]
+struct Report {
+    total: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn pass(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.total += 1;
+        println!("[ok]   {what}: {}", detail.as_ref());
+    }
+
+    fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.total += 1;
+        self.failed += 1;
+        println!("[FAIL] {what}: {}", detail.as_ref());
+    }
+
+    fn warn(&mut self, what: &str, detail: impl AsRef<str>) {
+        println!("[warn] {what}: {}", detail.as_ref());
+    }
+}
+
+pub(crate) async fn check(config: &Config) -> Result<(), RelayError> {
+    let mut report = Report::default();
+    report.pass("config", format!("pipeline {:?} is valid", config.pipeline.name));
+    let router = Router::new(&config.route)?;
+
+    let options = crate::leader::session_options(config);
+    match Session::connect(config.postgres.url.expose(), &options).await {
+        Ok(session) => {
+            report.pass("postgres", format!("connected to {}", session.target()));
+            check_database(&session, config, &router, &mut report).await;
+        }
+        Err(error) => report.fail("postgres", chain(&error)),
+    }
+    check_sink(config, &mut report).await;
+
+    println!("{} of {} checks passed", report.total - report.failed, report.total);
+    if report.failed > 0 {
+        return Err(RelayError::Check { failed: report.failed, total: report.total });
+    }
+    Ok(())
+}
+
+async fn check_database(session: &Session, config: &Config, router: &Router, report: &mut Report) {
+    let latest = crate::migrate::latest_version() as i32;
+    let applied = session
+        .client()
+        .query_one(
+            "select coalesce((select max(version) from outbox_relay.schema_migrations), 0) \
+             where to_regclass('outbox_relay.schema_migrations') is not null \
+             union all select 0 limit 1",
+            &[],
+        )
+        .await;
+    match applied {
+        Ok(row) if row.get::<_, i32>(0) >= latest => {
+            report.pass("migrations", format!("relay schema at version {latest}"));
+        }
+        Ok(row) => report.fail(
+            "migrations",
+            format!(
+                "relay schema at version {} of {latest}: run `outbox-relay migrate`",
+                row.get::<_, i32>(0)
+            ),
+        ),
+        Err(error) => report.fail("migrations", chain(&error)),
+    }
+
+    let name: TableName = match config.source.table.parse() {
+        Ok(name) => name,
+        Err(error) => return report.fail("outbox table", chain(&error)),
+    };
+    let table = match OutboxTable::inspect(
+        session,
+        name,
+        &config.source.id_column,
+        &config.source.payload_column,
+    )
+    .await
+    {
+        Ok(table) => {
+            report.pass(
+                "outbox table",
+                format!("{} has the columns and seq trigger the relay needs", table.name),
+            );
+            table
+        }
+        Err(error) => return report.fail("outbox table", chain(&error)),
+    };
+    let missing: Vec<String> = router
+        .columns()
+        .filter(|(_, column)| !table.has_column(column))
+        .map(|(key, column)| format!("{key} uses {column:?}"))
+        .collect();
+    if missing.is_empty() {
+        report.pass("routing", "every template column exists in the outbox table");
+    } else {
+        report.fail("routing", format!("{} — the table has no such column", missing.join(", ")));
+    }
+    if config.source.after_publish == AfterPublishConfig::Mark && !table.has_column("published_at")
+    {
+        report.fail(
+            "after_publish",
+            "\"mark\" needs a published_at column: run `outbox-relay migrate` with this config",
+        );
+    }
+    if !config.source.notify_channel.is_empty() {
+        let trigger = session
+            .client()
+            .query_opt(
+                "select 1 from pg_trigger where tgrelid = to_regclass($1) \
+                 and tgname = 'outbox_relay_notify' and tgenabled <> 'D'",
+                &[&table.name.quoted()],
+            )
+            .await;
+        if !matches!(trigger, Ok(Some(_))) {
+            report.warn(
+                "notify",
+                format!(
+                    "no outbox_relay_notify trigger on {}: new rows are found every {:?} \
+                     (source.poll_interval) instead of at once",
+                    table.name, config.source.poll_interval
+                ),
+            );
+        }
+    }
+}
+
+async fn check_sink(config: &Config, report: &mut Report) {
+    let mut sink = match crate::sink::AnySink::new(&config.sink) {
+        Ok(sink) => sink,
+        Err(error) => return report.fail("sink", chain(&error)),
+    };
+    let static_destination =
+        (!config.route.topic.contains("${")).then(|| config.route.topic.clone());
+    match (&config.sink, &mut sink) {
+        #[cfg(feature = "kafka")]
+        (SinkConfig::Kafka(kafka), crate::sink::AnySink::Kafka(sink)) => match sink.check().await {
+            Ok(info) => {
+                report.pass(
+                    "kafka",
+                    format!(
+                        "reached {} ({} brokers, {} topics)",
+                        kafka.brokers,
+                        info.brokers,
+                        info.topics.len()
+                    ),
+                );
+                if let Some(topic) = static_destination {
+                    if info.topics.contains(&topic) {
+                        report.pass("kafka topic", format!("{topic:?} exists"));
+                    } else {
+                        report.fail("kafka topic", format!("{topic:?} does not exist: create it"));
+                    }
+                }
+            }
+            Err(error) => report.fail(
+                "kafka",
+                format!("{} (is the broker running, and is sink.brokers right?)", chain(&error)),
+            ),
+        },
+        #[cfg(feature = "rabbitmq")]
+        (SinkConfig::Rabbitmq(_), crate::sink::AnySink::Rabbit(sink)) => match sink.check().await {
+            Ok(()) => {
+                report.pass(
+                    "rabbitmq",
+                    format!("connected to {} and declared the topology", sink.target()),
+                );
+                if let Some(exchange) = static_destination {
+                    match sink.check_exchange(&exchange).await {
+                        Ok(()) => report.pass("rabbitmq exchange", format!("{exchange:?} exists")),
+                        Err(error) => report.fail("rabbitmq exchange", chain(&error)),
+                    }
+                }
+            }
+            Err(error) => report.fail("rabbitmq", chain(&error)),
+        },
+        #[allow(unreachable_patterns)]
+        _ => report.fail("sink", "this build does not include the configured sink"),
+    }
+}

@@ -1,0 +1,31 @@
+//! Command line. Invariant: `--help` describes what the code does; every subcommand takes the
+//! same `--config` file.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Relays committed transactional-outbox entries from PostgreSQL to Kafka or RabbitMQ: none
+/// lost, none skipped, in commit order per shard key.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// TOML config file; `OUTBOX_RELAY__SECTION__KEY` environment variables override its keys.
+    #[arg(long, short, global = true, env = "OUTBOX_RELAY_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Relay outbox entries to the broker until SIGTERM/SIGINT (then drain and exit 0).
+    ///
+    /// Exits non-zero when it halts: on a poison message (named, with its reason; nothing from
+    /// it on is acknowledged) or on an error no retry can fix (missing table, bad credentials).
+    Run,
+    /// Apply the relay's SQL migrations and install or upgrade the outbox table from the config.
+    Migrate,
+    /// Verify the config, connectivity to Postgres and the broker, and the outbox table.
+    Check,
+}

@@ -1,0 +1,69 @@
+//! `outbox-relay`: the binary. Parses the command line, loads the config, sets up logging, and
+//! hands over to the command. `anyhow` lives only here.
+
+mod ack_tracker;
+mod check;
+mod cli;
+mod config;
+mod error;
+mod leader;
+mod migrate;
+mod pipeline;
+mod relay;
+mod router;
+mod shutdown;
+mod sink;
+mod telemetry;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+
+fn main() -> std::process::ExitCode {
+    // Two TLS stacks (ring via lapin, aws-lc via the replication client) are linked in; rustls
+    // panics unless one is chosen before the first TLS handshake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("outbox-relay")
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "outbox-relay stopped");
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    telemetry::init_logging(&config.telemetry);
+    match cli.command {
+        Command::Run => {
+            let (shutdown, _signals) = shutdown::on_signal();
+            tracing::info!(pipeline = %config.pipeline.name, "starting");
+            relay::run(config, shutdown).await?;
+            tracing::info!("stopped");
+        }
+        Command::Migrate => {
+            let report = migrate::migrate(&config).await.context("migrate failed")?;
+            for name in &report.applied {
+                println!("applied {name}");
+            }
+            println!(
+                "{} migration(s) applied, {} already present; outbox table {} installed",
+                report.applied.len(),
+                report.already,
+                config.source.table
+            );
+        }
+        Command::Check => check::check(&config).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! One run of the data path: source → router → sink → ack tracker → source acknowledgement.
+//!
+//! Invariants:
+//! - **No loss**: the source hears `ack(p)` only for the contiguous prefix of broker-confirmed
+//!   messages ([`AckTracker`]).
+//! - **Order per key**: messages are sent in emission order. After any failure nothing new is
+//!   sent; once every outstanding confirm has resolved, the earliest unconfirmed message decides:
+//!   transient → back off, then re-send every unconfirmed message in its original order;
+//!   permanent or fatal → halt. A failed message is therefore never overtaken by a later message
+//!   sent after the failure was seen.
+//! - **Bounded**: at most `max_in_flight` messages and `max_in_flight_bytes` bytes are held
+//!   (one oversized message may pass alone); the source reads ahead by at most two batches.
+//!
+//! The source runs in its own task (`feed`) so acknowledgements keep flowing while reading waits
+//! on back-pressure, and the main loop never blocks on the database.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::future;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use outbox_relay_core::{Confirm, ConnectorError, Entry, Position, Retry, Sink, Source};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::ack_tracker::{AckTracker, Ticket};
+use crate::error::RelayError;
+use crate::router::Router;
+use crate::telemetry::{RelayState, Telemetry};
+
+/// Flow-control and retry settings of a run.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_in_flight_bytes: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) ack_interval: Duration,
+    pub(crate) retry_initial_backoff: Duration,
+    pub(crate) retry_max_backoff: Duration,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// How a run ended without halting.
+#[derive(Debug)]
+pub(crate) enum Exit {
+    /// Shutdown was requested; everything confirmed is acknowledged.
+    Shutdown,
+    /// The source failed transiently; the caller rebuilds it and runs again.
+    SourceFailed(ConnectorError),
+}
+
+/// Why the main loop stops taking entries.
+enum Ending {
+    Shutdown,
+    SourceFailed(ConnectorError),
+    Halt(RelayError),
+}
+
+/// How long the source gets for its final acknowledgement.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run<S, K>(
+    source: S,
+    sink: &mut K,
+    router: &Router,
+    settings: &Settings,
+    telemetry: &Telemetry,
+    shutdown: &CancellationToken,
+) -> Result<Exit, RelayError>
+where
+    S: Source + 'static,
+    K: Sink,
+{
+    let metrics = &telemetry.metrics;
+    let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Entry>>(1);
+    let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
+    let stop_reading = CancellationToken::new();
+    let mut feeder = AbortOnDropHandle::new(tokio::spawn(feed(
+        source,
+        batches_tx,
+        ack_rx,
+        settings.batch_size,
+        settings.ack_interval,
+        stop_reading.clone(),
+    )));
+    let mut feeder_done = false;
+
+    let mut tracker = AckTracker::default();
+    let mut confirms = FuturesUnordered::new();
+    let mut pending: VecDeque<Entry> = VecDeque::new();
+    let mut recovering = false;
+    let mut retry_at: Option<Instant> = None;
+    let mut attempt: u32 = 0;
+    let mut ending: Option<Ending> = None;
+    let mut deadline: Option<Instant> = None;
+    metrics.set_state(RelayState::Running);
+
+    loop {
+        // Send what the window allows, in order.
+        while !recovering && ending.is_none() && has_room(&tracker, settings) {
+            let Some(entry) = pending.pop_front() else { break };
+            metrics.read.inc();
+            let message = match router.route(entry) {
+                Ok(message) => message,
+                Err(error) => {
+                    let RelayError::Route { id, position, .. } = &error else { unreachable!() };
+                    let (id, position) = (id.clone(), *position);
+                    ending = Some(Ending::Halt(RelayError::Poison {
+                        id,
+                        position,
+                        source: ConnectorError::permanent(error),
+                    }));
+                    break;
+                }
+            };
+            let sent = sink.send(&message).await;
+            let ticket = tracker.push(message, Instant::now().into_std());
+            match sent {
+                Ok(confirm) => confirms.push(tagged(ticket, confirm)),
+                Err(error) => {
+                    report_failure(ticket, &error);
+                    tracker.fail(ticket, error);
+                    recovering = true;
+                }
+            }
+        }
+        metrics.in_flight.set(tracker.outstanding() as i64);
+
+        if ending.is_some() {
+            stop_reading.cancel();
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + settings.shutdown_grace);
+            }
+            if tracker.outstanding() == 0 {
+                break;
+            }
+        } else if recovering && tracker.outstanding() == 0 && retry_at.is_none() {
+            // Every confirm is in: the earliest unconfirmed message decides.
+            match tracker.blocking_error().map(ConnectorError::retry) {
+                Some(Retry::Permanent) => {
+                    let (id, position, source) =
+                        tracker.take_blocking_error().expect("blocker has an error");
+                    ending = Some(Ending::Halt(RelayError::Poison { id, position, source }));
+                    continue;
+                }
+                Some(Retry::Fatal) => {
+                    let (_, _, source) =
+                        tracker.take_blocking_error().expect("blocker has an error");
+                    ending =
+                        Some(Ending::Halt(RelayError::Fatal { what: "publishing failed", source }));
+                    continue;
+                }
+                Some(Retry::Transient) | None => {
+                    let pause = backoff(attempt, settings);
+                    attempt = attempt.saturating_add(1);
+                    metrics.set_state(RelayState::Retrying);
+                    tracing::warn!(attempt, pause = ?pause, "re-sending unconfirmed messages after a transient failure");
+                    retry_at = Some(Instant::now() + pause);
+                }
+            }
+        }
+
+        let accepting = !recovering && ending.is_none() && pending.is_empty();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if ending.is_none() => {
+                tracing::info!(in_flight = tracker.outstanding(), "shutting down: finishing in-flight messages");
+                metrics.set_state(RelayState::Stopping);
+                ending = Some(Ending::Shutdown);
+            }
+            Some((ticket, result)) = confirms.next(), if !confirms.is_empty() => {
+                match result {
+                    Ok(()) => {
+                        if let Some(sent_at) = tracker.confirm(ticket) {
+                            metrics.published.inc();
+                            metrics.confirm_latency.observe(sent_at.elapsed().as_secs_f64());
+                        }
+                    }
+                    Err(error) => {
+                        report_failure(ticket, &error);
+                        tracker.fail(ticket, error);
+                        recovering = true;
+                    }
+                }
+                if let Some((position, count)) = tracker.take_confirmed_prefix() {
+                    metrics.acknowledged.inc_by(count as u64);
+                    ack_tx.send_replace(Some(position));
+                    attempt = 0;
+                }
+            }
+            joined = &mut feeder, if !feeder_done => {
+                feeder_done = true;
+                let error = match joined {
+                    Ok(Ok(())) => ConnectorError::transient(std::io::Error::other("source stopped")),
+                    Ok(Err(error)) => error,
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                };
+                if ending.is_none() {
+                    tracing::warn!(error = %error, "source failed; finishing in-flight messages");
+                    ending = Some(Ending::SourceFailed(error));
+                }
+            }
+            () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+                metrics.retries.inc();
+                let mut resend = tracker.resend_all(Instant::now().into_std()).into_iter();
+                recovering = false;
+                metrics.set_state(RelayState::Running);
+                while let Some((ticket, message)) = resend.next() {
+                    match sink.send(&message).await {
+                        Ok(confirm) => confirms.push(tagged(ticket, confirm)),
+                        Err(error) => {
+                            report_failure(ticket, &error);
+                            tracker.fail(ticket, error);
+                            recovering = true;
+                            for (unsent, _) in resend.by_ref() {
+                                tracker.unsend(unsent);
+                            }
+                        }
+                    }
+                }
+            }
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                tracing::warn!(unconfirmed = tracker.outstanding(), "grace period over; unconfirmed messages will be sent again after restart");
+                break;
+            }
+            batch = batches_rx.recv(), if accepting => {
+                if let Some(batch) = batch {
+                    pending.extend(batch);
+                }
+            }
+        }
+    }
+
+    // Acknowledge the final confirmed prefix, let the source apply it, and stop it.
+    if let Some((position, count)) = tracker.take_confirmed_prefix() {
+        metrics.acknowledged.inc_by(count as u64);
+        ack_tx.send_replace(Some(position));
+    }
+    drop(ack_tx);
+    let mut final_error = None;
+    if !feeder_done {
+        match tokio::time::timeout(FINAL_ACK_TIMEOUT, &mut feeder).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => final_error = Some(error),
+            Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => tracing::warn!("the source did not finish its final acknowledgement in time"),
+        }
+    }
+    metrics.in_flight.set(tracker.outstanding() as i64);
+
+    match ending.expect("the loop only ends with an ending") {
+        Ending::Halt(error) => {
+            metrics.set_state(RelayState::Halted);
+            Err(error)
+        }
+        // A failed final acknowledgement is reported like any source failure.
+        _ if final_error.is_some() => source_outcome(final_error.expect("checked")),
+        Ending::SourceFailed(error) => source_outcome(error),
+        Ending::Shutdown => Ok(Exit::Shutdown),
+    }
+}
+
+/// A source failure: fatal ones halt, transient ones let the caller rebuild the source.
+fn source_outcome(error: ConnectorError) -> Result<Exit, RelayError> {
+    match error.retry() {
+        Retry::Fatal | Retry::Permanent => {
+            Err(RelayError::Fatal { what: "reading the outbox failed", source: error })
+        }
+        Retry::Transient => Ok(Exit::SourceFailed(error)),
+    }
+}
+
+/// A confirm that resolves with its ticket (one concrete type for every call site).
+fn tagged(ticket: Ticket, confirm: Confirm) -> future::Join<future::Ready<Ticket>, Confirm> {
+    future::join(future::ready(ticket), confirm)
+}
+
+fn has_room(tracker: &AckTracker, settings: &Settings) -> bool {
+    tracker.is_empty()
+        || (tracker.len() < settings.max_in_flight
+            && tracker.bytes() < settings.max_in_flight_bytes)
+}
+
+fn report_failure(ticket: Ticket, error: &ConnectorError) {
+    tracing::warn!(ticket, retry = ?error.retry(), error = %error, "publish failed");
+}
+
+/// `initial × 2^attempt`, capped, with jitter in [½, 1] so relays do not retry in lockstep.
+pub(crate) fn backoff(attempt: u32, settings: &Settings) -> Duration {
+    let exp = settings
+        .retry_initial_backoff
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(settings.retry_max_backoff);
+    exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// Owns the source: reads batches while the main loop takes them, and applies the latest
+/// acknowledged position at most every `ack_interval`. Ends (after a last acknowledgement) when
+/// the main loop drops the acknowledgement sender.
+async fn feed<S: Source>(
+    mut source: S,
+    batches: mpsc::Sender<Vec<Entry>>,
+    mut acks: watch::Receiver<Option<Position>>,
+    batch_size: usize,
+    ack_interval: Duration,
+    stop_reading: CancellationToken,
+) -> Result<(), ConnectorError> {
+    let mut batch: Option<Vec<Entry>> = None;
+    let mut acked: Option<Position> = None;
+    let mut next_ack = Instant::now();
+    loop {
+        let wanted = *acks.borrow();
+        let ack_due = wanted.is_some() && wanted != acked;
+        let reading = !stop_reading.is_cancelled();
+        tokio::select! {
+            biased;
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    // The main loop is done: apply its final position and stop.
+                    let last = *acks.borrow();
+                    if let Some(position) = last.filter(|_| last != acked) {
+                        source.ack(position).await?;
+                    }
+                    return Ok(());
+                }
+            }
+            () = sleep_until(next_ack), if ack_due => {
+                source.ack(wanted.expect("due")).await?;
+                acked = wanted;
+                next_ack = Instant::now() + ack_interval;
+            }
+            permit = batches.reserve(), if reading && batch.is_some() => {
+                if let Ok(permit) = permit {
+                    permit.send(batch.take().expect("checked"));
+                }
+            }
+            ready = source.ready(), if reading && batch.is_none() => {
+                ready?;
+                let read = source.next_batch(batch_size).await?;
+                if !read.is_empty() {
+                    batch = Some(read);
+                }
+            }
+            () = stop_reading.cancelled(), if reading => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let settings = Settings {
+            max_in_flight: 1,
+            max_in_flight_bytes: 1,
+            batch_size: 1,
+            ack_interval: Duration::from_millis(1),
+            retry_initial_backoff: Duration::from_millis(100),
+            retry_max_backoff: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let first = backoff(0, &settings);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff(2, &settings);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(backoff(40, &settings) <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Routing: how an [`Entry`] becomes a [`Message`] (destination, shard key, headers), Debezium
+//! outbox-router compatible by default. Invariant: routing never guesses — a NULL in a key,
+//! destination or header column makes the entry poison, named, rather than a message with an
+//! empty key or a wrong topic.
+
+use std::sync::Arc;
+
+use outbox_relay_core::{Entry, Header, Message};
+
+use crate::config::RouteConfig;
+use crate::error::RelayError;
+
+/// Header carrying the message's source position, for replay detection downstream.
+pub(crate) const POSITION_HEADER: &str = "outbox-position";
+/// Header carrying the entry id (also the AMQP `message_id`).
+pub(crate) const ID_HEADER: &str = "id";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field(String),
+}
+
+/// A string with `${column}` placeholders.
+#[derive(Clone, Debug)]
+pub(crate) struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    fn parse(key: &'static str, text: &str) -> Result<Self, RelayError> {
+        let fail = |reason: &str| RelayError::Template {
+            key,
+            template: text.into(),
+            reason: reason.into(),
+        };
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].into()));
+            }
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| fail("`${` without a closing `}`"))?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                return Err(fail("a placeholder holds a column name: letters, digits, `_`"));
+            }
+            parts.push(Part::Field(name.into()));
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.into()));
+        }
+        Ok(Self { parts })
+    }
+
+    fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(name) => Some(name.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Substitutes the entry's columns; `Err` names the column that is NULL or absent.
+    fn render(&self, entry: &Entry) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Field(name) => match entry.fields.get(name) {
+                    Some(Some(value)) => out.push_str(value),
+                    Some(None) => return Err(format!("column {name:?} is NULL")),
+                    None => return Err(format!("the entry has no column {name:?}")),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Router {
+    topic: Template,
+    key: Option<Template>,
+    headers: Vec<(Arc<str>, Template)>,
+    id_header: Arc<str>,
+    position_header: Arc<str>,
+}
+
+impl Router {
+    pub(crate) fn new(config: &RouteConfig) -> Result<Self, RelayError> {
+        let topic = Template::parse("route.topic", &config.topic)?;
+        if config.topic.is_empty() {
+            return Err(RelayError::Template {
+                key: "route.topic",
+                template: String::new(),
+                reason: "must not be empty".into(),
+            });
+        }
+        let key = if config.key.is_empty() {
+            None
+        } else {
+            Some(Template::parse("route.key", &config.key)?)
+        };
+        let mut headers = Vec::with_capacity(config.headers.len());
+        for (name, template) in &config.headers {
+            if name == ID_HEADER || name == POSITION_HEADER {
+                return Err(RelayError::Template {
+                    key: "route.headers",
+                    template: name.clone(),
+                    reason: format!("header {name:?} is set by the relay itself"),
+                });
+            }
+            headers.push((Arc::from(name.as_str()), Template::parse("route.headers", template)?));
+        }
+        Ok(Self {
+            topic,
+            key,
+            headers,
+            id_header: Arc::from(ID_HEADER),
+            position_header: Arc::from(POSITION_HEADER),
+        })
+    }
+
+    /// Every column a template refers to, with the config key it appears in.
+    pub(crate) fn columns(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let topic = self.topic.columns().map(|c| ("route.topic", c));
+        let key = self.key.iter().flat_map(|k| k.columns()).map(|c| ("route.key", c));
+        let headers =
+            self.headers.iter().flat_map(|(_, t)| t.columns()).map(|c| ("route.headers", c));
+        topic.chain(key).chain(headers)
+    }
+
+    /// Routes one entry. `Err` means the entry is poison (see the module invariant).
+    pub(crate) fn route(&self, entry: Entry) -> Result<Message, RelayError> {
+        let poison = |reason: String| RelayError::Route {
+            id: entry.id.clone(),
+            position: entry.position,
+            reason,
+        };
+        if entry.id.is_empty() {
+            return Err(poison("the id column is NULL or empty".into()));
+        }
+        let destination =
+            self.topic.render(&entry).map_err(|r| poison(format!("route.topic: {r}")))?;
+        if destination.is_empty() {
+            return Err(poison("route.topic rendered to an empty name".into()));
+        }
+        let key = match &self.key {
+            Some(template) => {
+                Some(template.render(&entry).map_err(|r| poison(format!("route.key: {r}")))?)
+            }
+            None => None,
+        };
+        let mut headers = Vec::with_capacity(self.headers.len() + 2);
+        headers.push(Header { name: Arc::clone(&self.id_header), value: entry.id.clone() });
+        headers.push(Header {
+            name: Arc::clone(&self.position_header),
+            value: entry.position.to_string(),
+        });
+        for (name, template) in &self.headers {
+            let value =
+                template.render(&entry).map_err(|r| poison(format!("header {name:?}: {r}")))?;
+            headers.push(Header { name: Arc::clone(name), value });
+        }
+        Ok(Message {
+            id: entry.id,
+            position: entry.position,
+            destination,
+            key,
+            headers,
+            payload: entry.payload,
+            payload_kind: entry.payload_kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outbox_relay_core::{Fields, PayloadKind, Position};
+
+    use super::*;
+
+    fn entry(aggregateid: Option<&str>) -> Entry {
+        let names: Arc<[Arc<str>]> =
+            ["id", "aggregatetype", "aggregateid", "type"].map(Arc::from).into();
+        Entry {
+            position: Position::Poll { seq: 7 },
+            id: "e-1".into(),
+            fields: Fields::new(
+                names,
+                vec![
+                    Some("e-1".into()),
+                    Some("order".into()),
+                    aggregateid.map(Into::into),
+                    Some("OrderCreated".into()),
+                ],
+            ),
+            payload: Some("{}".into()),
+            payload_kind: PayloadKind::Json,
+        }
+    }
+
+    #[test]
+    fn defaults_route_like_the_debezium_outbox_router() {
+        let router = Router::new(&RouteConfig::default()).unwrap();
+        let message = router.route(entry(Some("42"))).unwrap();
+        assert_eq!(message.destination, "outbox.event.order");
+        assert_eq!(message.key.as_deref(), Some("42"));
+        let headers: Vec<(&str, &str)> =
+            message.headers.iter().map(|h| (&*h.name, h.value.as_str())).collect();
+        assert_eq!(
+            headers,
+            vec![("id", "e-1"), ("outbox-position", "poll:7"), ("type", "OrderCreated")]
+        );
+    }
+
+    #[test]
+    fn a_null_key_is_poison_naming_the_entry_and_column() {
+        let router = Router::new(&RouteConfig::default()).unwrap();
+        let err = router.route(entry(None)).unwrap_err().to_string();
+        assert!(
+            err.contains("e-1") && err.contains("aggregateid") && err.contains("NULL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn templates_mix_literals_and_columns_and_reject_bad_syntax() {
+        let config = RouteConfig {
+            topic: "${aggregatetype}-events.${type}".into(),
+            key: String::new(),
+            headers: Default::default(),
+        };
+        let router = Router::new(&config).unwrap();
+        let message = router.route(entry(Some("1"))).unwrap();
+        assert_eq!(message.destination, "order-events.OrderCreated");
+        assert_eq!(message.key, None);
+        let columns: Vec<_> = router.columns().map(|(_, c)| c).collect();
+        assert_eq!(columns, vec!["aggregatetype", "type"]);
+
+        for bad in ["x.${", "x.${}", "x.${a b}"] {
+            let config = RouteConfig { topic: bad.into(), ..RouteConfig::default() };
+            assert!(Router::new(&config).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The sink this relay was configured with. Config chooses one variant; there is no plugin
+//! system. Invariant: a variant exists only in builds with its feature.
+
+use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
+
+use crate::config::SinkConfig;
+use crate::error::RelayError;
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one sink per process, never moved in a hot path")]
+pub(crate) enum AnySink {
+    #[cfg(feature = "kafka")]
+    Kafka(outbox_relay_kafka::KafkaSink),
+    #[cfg(feature = "rabbitmq")]
+    Rabbit(outbox_relay_rabbitmq::RabbitSink),
+}
+
+impl AnySink {
+    pub(crate) fn new(config: &SinkConfig) -> Result<Self, RelayError> {
+        let invalid = |message: String| RelayError::Config { origin: "sink".into(), message };
+        match config {
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(kafka) => {
+                let properties = kafka
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), crate::config::property_text(v)))
+                    .collect();
+                let options = outbox_relay_kafka::KafkaOptions {
+                    brokers: kafka.brokers.clone(),
+                    properties,
+                    max_message_bytes: kafka.max_message_bytes,
+                    metadata_timeout: kafka.metadata_timeout,
+                };
+                outbox_relay_kafka::KafkaSink::new(options)
+                    .map(AnySink::Kafka)
+                    .map_err(|e| invalid(chain(&e)))
+            }
+            #[cfg(feature = "rabbitmq")]
+            SinkConfig::Rabbitmq(rabbit) => {
+                let options = outbox_relay_rabbitmq::RabbitOptions {
+                    url: rabbit.url.expose().to_owned(),
+                    lanes: rabbit.lanes,
+                    max_message_bytes: rabbit.max_message_bytes,
+                    connect_timeout: rabbit.connect_timeout,
+                    topology: topology(rabbit).map_err(invalid)?,
+                };
+                outbox_relay_rabbitmq::RabbitSink::new(options)
+                    .map(AnySink::Rabbit)
+                    .map_err(|e| invalid(chain(&e)))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(invalid("this build of outbox-relay does not include that sink".into())),
+        }
+    }
+}
+
+impl Sink for AnySink {
+    async fn send(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(sink) => sink.send(message).await,
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(sink) => sink.send(message).await,
+        }
+    }
+}
+
+#[cfg(feature = "rabbitmq")]
+fn topology(
+    config: &crate::config::RabbitConfig,
+) -> Result<outbox_relay_rabbitmq::Topology, String> {
+    use outbox_relay_rabbitmq::{ArgValue, BindingSpec, ExchangeSpec, QueueSpec, Topology};
+    use std::collections::BTreeMap;
+
+    let arguments = |what: &str, args: &BTreeMap<String, toml::Value>| {
+        args.iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    toml::Value::String(s) => ArgValue::Str(s.clone()),
+                    toml::Value::Integer(i) => ArgValue::Int(*i),
+                    toml::Value::Boolean(b) => ArgValue::Bool(*b),
+                    other => {
+                        return Err(format!(
+                            "{what} argument {name:?}: {other} is not a string, integer or boolean"
+                        ))
+                    }
+                };
+                Ok((name.clone(), value))
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()
+    };
+    Ok(Topology {
+        exchanges: config
+            .exchanges
+            .iter()
+            .map(|e| {
+                Ok(ExchangeSpec {
+                    name: e.name.clone(),
+                    kind: e.kind.clone(),
+                    durable: e.durable,
+                    arguments: arguments("sink.exchanges", &e.arguments)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        queues: config
+            .queues
+            .iter()
+            .map(|q| {
+                Ok(QueueSpec {
+                    name: q.name.clone(),
+                    durable: q.durable,
+                    arguments: arguments("sink.queues", &q.arguments)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        bindings: config
+            .bindings
+            .iter()
+            .map(|b| BindingSpec {
+                queue: b.queue.clone(),
+                exchange: b.exchange.clone(),
+                routing_key: b.routing_key.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// `error: cause: cause`, for one-line reports.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
