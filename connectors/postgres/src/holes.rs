@@ -10,29 +10,26 @@
 //! The trigger that stamps `seq` first makes the inserting transaction take an xid
 //! (`pg_current_xact_id()`), then calls `nextval` on a `CACHE 1` sequence. Say a read with
 //! snapshot S returned a row `r` but not `h < r`. Then `r`'s transaction committed before S was
-//! taken, `r` was drawn before that, `h` was drawn before `r`, and the xid of whatever
-//! transaction drew `h` was assigned before `h` — so that xid is below `S.xmax`. Once a later
-//! snapshot has `xmin >= S.xmax`, every transaction with an xid below `S.xmax` has ended: if the
-//! one holding `h` committed, that snapshot sees its row; if a read in that snapshot does not
-//! find `h`, no read ever will. Invariant: a hole is dropped only by that rule or by being read.
+//! taken, `r` was drawn before that, `h` was drawn before `r`, and the xid of the transaction
+//! that drew `h` (the *filler*) was assigned before `h` — so before S.
+//!
+//! A snapshot's `xmax` is **not** an upper bound for that xid: Postgres computes it as
+//! `latestCompletedXid + 1`, and a transaction that took its xid before S but has not finished
+//! may have a larger xid (it is then simply not listed in `xip`). So after the read the source
+//! draws a fresh xid with `pg_current_xact_id()`: xids are assigned in increasing order, so
+//! that xid — the hole's *bound* — is greater than the filler's. Once a later snapshot has
+//! `xmin >= bound`, every transaction with an xid below the bound has ended: if the filler
+//! committed, that snapshot sees its row; if a read in that snapshot does not find `h`, no read
+//! ever will. Invariant: a hole is dropped only by that rule or by being read.
 
 use std::collections::BTreeMap;
-
-/// A snapshot's bounds, as `pg_current_snapshot()` reports them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SnapshotBounds {
-    /// Oldest xid still running: every xid below it has ended.
-    pub(crate) xmin: u64,
-    /// First xid not yet assigned: every transaction below it had started.
-    pub(crate) xmax: u64,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Hole {
     /// Inclusive upper end of the range of missing `seq` values.
     hi: i64,
-    /// `xmax` of the snapshot that first saw the range missing.
-    xmax: u64,
+    /// An xid drawn after the read that found the range missing; `None` until one is drawn.
+    bound: Option<u64>,
 }
 
 /// Ranges of unread `seq` values below the read cursor.
@@ -42,14 +39,14 @@ pub(crate) struct Holes {
 }
 
 impl Holes {
-    /// Records the values between `after` and each of `read` (ascending, all `> after`) that the
-    /// read in a snapshot with `xmax` skipped. Returns the new cursor (the last value read).
-    pub(crate) fn record_read(&mut self, after: i64, read: &[i64], xmax: u64) -> i64 {
+    /// Records the values between `after` and each of `read` (ascending, all `> after`) that a
+    /// read skipped. Returns the new cursor (the last value read).
+    pub(crate) fn record_read(&mut self, after: i64, read: &[i64]) -> i64 {
         let mut previous = after;
         for &seq in read {
             debug_assert!(seq > previous, "reads come in ascending seq order");
             if seq > previous + 1 {
-                self.by_lo.insert(previous + 1, Hole { hi: seq - 1, xmax });
+                self.by_lo.insert(previous + 1, Hole { hi: seq - 1, bound: None });
             }
             previous = seq;
         }
@@ -71,10 +68,22 @@ impl Holes {
         }
     }
 
-    /// Forgets the holes that no running transaction can fill, given a snapshot in which they
-    /// were just read and not found (see the module docs).
-    pub(crate) fn forget_settled(&mut self, snapshot: SnapshotBounds) {
-        self.by_lo.retain(|_, hole| hole.xmax > snapshot.xmin);
+    /// Whether some hole still waits for a bound.
+    pub(crate) fn needs_bound(&self) -> bool {
+        self.by_lo.values().any(|hole| hole.bound.is_none())
+    }
+
+    /// `xid` was drawn after every read so far: it bounds the fillers of every hole without one.
+    pub(crate) fn bound_with(&mut self, xid: u64) {
+        for hole in self.by_lo.values_mut() {
+            hole.bound.get_or_insert(xid);
+        }
+    }
+
+    /// Forgets the holes that no transaction can fill any more, given the `xmin` of a snapshot in
+    /// which they were just read and not found (see the module docs).
+    pub(crate) fn forget_settled(&mut self, xmin: u64) {
+        self.by_lo.retain(|_, hole| hole.bound.is_none_or(|bound| bound > xmin));
     }
 
     /// Inclusive bounds of every range, for `unnest($lo, $hi)`.
@@ -103,17 +112,17 @@ mod tests {
     #[test]
     fn skipped_values_become_holes_and_the_cursor_advances() {
         let mut holes = Holes::default();
-        let hi = holes.record_read(0, &[1, 2, 5, 6, 9], 100);
+        let hi = holes.record_read(0, &[1, 2, 5, 6, 9]);
         assert_eq!(hi, 9);
         assert_eq!(ranges(&holes), vec![(3, 4), (7, 8)]);
-        assert_eq!(holes.record_read(9, &[], 101), 9);
+        assert_eq!(holes.record_read(9, &[]), 9);
         assert_eq!(ranges(&holes), vec![(3, 4), (7, 8)]);
     }
 
     #[test]
     fn filling_splits_a_range() {
         let mut holes = Holes::default();
-        holes.record_read(0, &[10], 100);
+        holes.record_read(0, &[10]);
         holes.fill(5);
         assert_eq!(ranges(&holes), vec![(1, 4), (6, 9)]);
         holes.fill(1);
@@ -127,17 +136,34 @@ mod tests {
     }
 
     #[test]
-    fn a_hole_is_forgotten_only_once_every_transaction_that_could_fill_it_ended() {
+    fn a_hole_is_forgotten_only_once_every_transaction_below_its_bound_ended() {
         let mut holes = Holes::default();
-        holes.record_read(0, &[3], 100); // hole 1..=2 seen with xmax 100
-        holes.record_read(3, &[6], 120); // hole 4..=5 seen with xmax 120
-        holes.forget_settled(SnapshotBounds { xmin: 99, xmax: 130 });
+        holes.record_read(0, &[3]); // hole 1..=2
+        holes.forget_settled(u64::MAX);
+        assert_eq!(ranges(&holes), vec![(1, 2)], "without a bound a hole is never forgotten");
+        assert!(holes.needs_bound());
+        holes.bound_with(100);
+        holes.record_read(3, &[6]); // hole 4..=5, bounded later
+        holes.bound_with(120);
+        assert!(!holes.needs_bound());
+        holes.forget_settled(99);
         assert_eq!(ranges(&holes), vec![(1, 2), (4, 5)], "xid 99 may still fill either");
-        holes.forget_settled(SnapshotBounds { xmin: 100, xmax: 130 });
+        holes.forget_settled(100);
         assert_eq!(ranges(&holes), vec![(4, 5)], "all xids < 100 ended");
-        holes.forget_settled(SnapshotBounds { xmin: 119, xmax: 130 });
+        holes.forget_settled(119);
         assert_eq!(ranges(&holes), vec![(4, 5)]);
-        holes.forget_settled(SnapshotBounds { xmin: 120, xmax: 130 });
+        holes.forget_settled(120);
         assert!(holes.is_empty());
+    }
+
+    #[test]
+    fn a_split_hole_keeps_its_bound() {
+        let mut holes = Holes::default();
+        holes.record_read(0, &[10]);
+        holes.bound_with(50);
+        holes.fill(5);
+        holes.record_read(10, &[12]); // new hole 11, unbounded
+        holes.forget_settled(50);
+        assert_eq!(ranges(&holes), vec![(11, 11)]);
     }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use outbox_relay_core::{ConnectorError, Entry, Fields, PayloadKind, Position, Source};
 use tokio_postgres::{Row, Statement};
 
-use crate::holes::{Holes, SnapshotBounds};
+use crate::holes::Holes;
 use crate::table::{PUBLISHED_AT_COLUMN, SEQ_COLUMN};
 use crate::{quote_ident, OutboxTable, PostgresError, Session};
 
@@ -32,6 +32,8 @@ const ACK_CHUNK: usize = 5_000;
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per retention statement.
 const CLEANUP_CHUNK: i64 = 10_000;
+/// Least time between xids drawn to bound holes (each one consumes an xid).
+const BOUND_EVERY: Duration = Duration::from_secs(1);
 
 /// What happens to a row once the broker confirmed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,11 +71,13 @@ pub struct PollSource {
     /// The last read was cut by `batch_size`: read again without waiting.
     more: bool,
     last_cleanup: Instant,
+    last_bound: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct Statements {
-    snapshot: Statement,
+    xmin: Statement,
+    bound: Statement,
     fresh: Statement,
     late: Statement,
     ack: Statement,
@@ -111,12 +115,8 @@ impl PollSource {
             async move { session.prepare(&sql).await }
         };
         let statements = Statements {
-            snapshot: prepare(
-                "select pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text \
-                 from pg_current_snapshot() s"
-                    .into(),
-            )
-            .await?,
+            xmin: prepare("select pg_snapshot_xmin(pg_current_snapshot())::text".into()).await?,
+            bound: prepare("select pg_current_xact_id()::text".into()).await?,
             fresh: prepare(format!(
                 "select {select} from {from} o where o.{seq} > $1{unpublished} \
                  order by o.{seq} limit $2"
@@ -167,6 +167,7 @@ impl PollSource {
             emitted: VecDeque::new(),
             more: true,
             last_cleanup: Instant::now(),
+            last_bound: None,
         })
     }
 
@@ -178,22 +179,19 @@ impl PollSource {
     async fn read(&mut self, max: usize) -> Result<Vec<Entry>, PostgresError> {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         let client = self.session.client();
-        // One REPEATABLE READ transaction: the snapshot bounds and both reads see the same
-        // snapshot, which is what the hole rule reasons about.
+        // One REPEATABLE READ transaction: the xmin and both reads see the same snapshot, which
+        // is what the hole rule reasons about.
         self.session
             .timed(
                 "starting an outbox read",
                 client.batch_execute("begin isolation level repeatable read read only"),
             )
             .await?;
-        let snapshot_row = self
+        let xmin_row = self
             .session
-            .timed("reading the snapshot", client.query_one(&self.statements.snapshot, &[]))
+            .timed("reading the snapshot", client.query_one(&self.statements.xmin, &[]))
             .await?;
-        let snapshot = SnapshotBounds {
-            xmin: parse_xid(snapshot_row.get(0)),
-            xmax: parse_xid(snapshot_row.get(1)),
-        };
+        let xmin = parse_xid(xmin_row.get(0));
 
         let mut rows = Vec::new();
         let mut late_cut = false;
@@ -210,7 +208,7 @@ impl PollSource {
             for row in &late {
                 self.holes.fill(row.get(0));
             }
-            self.holes.forget_settled(snapshot);
+            self.holes.forget_settled(xmin);
             rows = late;
         }
         // When late rows were cut short, newer rows wait: one of the rows left behind may
@@ -226,11 +224,25 @@ impl PollSource {
                 .await?;
             fresh_cut = fresh.len() as i64 >= limit;
             let seqs: Vec<i64> = fresh.iter().map(|r| r.get(0)).collect();
-            self.cursor = self.holes.record_read(self.cursor, &seqs, snapshot.xmax);
+            self.cursor = self.holes.record_read(self.cursor, &seqs);
             rows.extend(fresh);
         }
         self.session.timed("ending an outbox read", client.batch_execute("commit")).await?;
         self.more = late_cut || fresh_cut;
+        if self.holes.needs_bound() && self.last_bound.is_none_or(|at| at.elapsed() >= BOUND_EVERY)
+        {
+            // After the commit, in its own transaction: an xid newer than any that was assigned
+            // when the holes were seen (see `holes`).
+            let row = self
+                .session
+                .timed(
+                    "drawing an xid to bound skipped seq values",
+                    client.query_one(&self.statements.bound, &[]),
+                )
+                .await?;
+            self.holes.bound_with(parse_xid(row.get(0)));
+            self.last_bound = Some(Instant::now());
+        }
 
         // Late rows all precede the fresh ones in `seq`; within each part the order is `seq`.
         let entries: Vec<Entry> = rows.iter().map(|row| self.entry(row)).collect();
