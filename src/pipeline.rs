@@ -122,9 +122,10 @@ where
             match sent {
                 Ok(confirm) => confirms.push(tagged(ticket, confirm)),
                 Err(error) => {
-                    report_failure(ticket, &error);
+                    report_failure(ticket, &error, recovering);
                     tracker.fail(ticket, error);
                     recovering = true;
+                    metrics.set_state(RelayState::Retrying);
                 }
             }
         }
@@ -157,8 +158,7 @@ where
                 Some(Retry::Transient) | None => {
                     let pause = backoff(attempt, settings);
                     attempt = attempt.saturating_add(1);
-                    metrics.set_state(RelayState::Retrying);
-                    tracing::warn!(attempt, pause = ?pause, "re-sending unconfirmed messages after a transient failure");
+                    tracing::warn!(attempt, pause = ?pause, unconfirmed = tracker.len(), "re-sending unconfirmed messages in order after a transient failure");
                     retry_at = Some(Instant::now() + pause);
                 }
             }
@@ -179,11 +179,15 @@ where
                             metrics.published.inc();
                             metrics.confirm_latency.observe(sent_at.elapsed().as_secs_f64());
                         }
+                        if !recovering && ending.is_none() {
+                            metrics.set_state(RelayState::Running);
+                        }
                     }
                     Err(error) => {
-                        report_failure(ticket, &error);
+                        report_failure(ticket, &error, recovering);
                         tracker.fail(ticket, error);
                         recovering = true;
+                        metrics.set_state(RelayState::Retrying);
                     }
                 }
                 if let Some((position, count)) = tracker.take_confirmed_prefix() {
@@ -209,12 +213,11 @@ where
                 metrics.retries.inc();
                 let mut resend = tracker.resend_all(Instant::now().into_std()).into_iter();
                 recovering = false;
-                metrics.set_state(RelayState::Running);
                 while let Some((ticket, message)) = resend.next() {
                     match sink.send(&message).await {
                         Ok(confirm) => confirms.push(tagged(ticket, confirm)),
                         Err(error) => {
-                            report_failure(ticket, &error);
+                            report_failure(ticket, &error, recovering);
                             tracker.fail(ticket, error);
                             recovering = true;
                             for (unsent, _) in resend.by_ref() {
@@ -286,8 +289,13 @@ fn has_room(tracker: &AckTracker, settings: &Settings) -> bool {
             && tracker.bytes() < settings.max_in_flight_bytes)
 }
 
-fn report_failure(ticket: Ticket, error: &ConnectorError) {
-    tracing::warn!(ticket, retry = ?error.retry(), error = %error, "publish failed");
+/// The first failure of a round is a warning; the rest of the round only adds detail.
+fn report_failure(ticket: Ticket, error: &ConnectorError, already_recovering: bool) {
+    if already_recovering {
+        tracing::debug!(ticket, retry = ?error.retry(), error = %error, "publish failed");
+    } else {
+        tracing::warn!(ticket, retry = ?error.retry(), error = %error, "publish failed; sending nothing new until every in-flight confirm is in");
+    }
 }
 
 /// `initial × 2^attempt`, capped, with jitter in [½, 1] so relays do not retry in lockstep.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -36,8 +37,12 @@ impl Record {
     }
 }
 
-/// Every record now in `topic`, per partition in offset order (reads up to the high watermark
-/// each partition has when the call starts).
+/// Every record now in `topic`, per partition in offset order: reads each partition from the
+/// beginning to its end (partition EOF).
+///
+/// The end comes from fetch responses, not from `ListOffsets`: tansu 0.6 answers
+/// `ListOffsets(latest)` with the base offset of the newest batch + 1, which misses every record
+/// but the first of a multi-record batch.
 pub async fn read_all(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || read_all_blocking(&brokers, &topic)).await.unwrap()
@@ -49,35 +54,31 @@ fn read_all_blocking(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
         .set("bootstrap.servers", brokers)
         .set("group.id", super::unique("test-reader"))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .create()
         .unwrap();
     let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let partitions = metadata.topics()[0].partitions().len();
     assert!(partitions > 0, "topic {topic} has no partitions");
-    let mut highs = Vec::new();
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).unwrap();
-        highs.push(high);
-        assignment.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+        assignment.add_partition_offset(topic, p as i32, Offset::Beginning).unwrap();
     }
     consumer.assign(&assignment).unwrap();
-    let mut out: Vec<Vec<Record>> = vec![Vec::new(); partitions as usize];
+    let mut out: Vec<Vec<Record>> = vec![Vec::new(); partitions];
+    let mut at_end = vec![false; partitions];
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let done = |out: &Vec<Vec<Record>>| {
-        out.iter()
-            .zip(&highs)
-            .all(|(records, high)| records.last().map_or(*high == 0, |r| r.offset + 1 >= *high))
-    };
-    while !done(&out) {
+    while !at_end.iter().all(|e| *e) {
         assert!(std::time::Instant::now() < deadline, "reading {topic} timed out");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let message = message.unwrap();
-        let p = message.partition() as usize;
-        if message.offset() >= highs[p] {
-            continue;
-        }
+        let message = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end[p as usize] = true;
+                continue;
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            Some(Ok(message)) => message,
+        };
         let headers = message
             .headers()
             .map(|h| {
@@ -91,7 +92,7 @@ fn read_all_blocking(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
                     .collect()
             })
             .unwrap_or_default();
-        out[p].push(Record {
+        out[message.partition() as usize].push(Record {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),

@@ -9,6 +9,7 @@
 //!   transient failure) and `enable.gapless.guarantee = true` (a permanent failure stops the
 //!   producer instead of letting later messages of the partition overtake the failed one).
 
+mod context;
 mod error;
 mod sink;
 

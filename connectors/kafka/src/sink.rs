@@ -11,6 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use crate::context::RelayContext;
 use crate::KafkaSinkError;
 
 /// librdkafka properties the relay's guarantees rest on, with the reason.
@@ -49,7 +50,7 @@ pub struct ClusterInfo {
 
 pub struct KafkaSink {
     options: KafkaOptions,
-    producer: FutureProducer,
+    producer: FutureProducer<RelayContext>,
     known_topics: HashSet<String>,
 }
 
@@ -182,7 +183,7 @@ impl Sink for KafkaSink {
     }
 }
 
-fn producer(options: &KafkaOptions) -> Result<FutureProducer, KafkaSinkError> {
+fn producer(options: &KafkaOptions) -> Result<FutureProducer<RelayContext>, KafkaSinkError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &options.brokers);
     config.set("client.id", "outbox-relay");
@@ -192,5 +193,7 @@ fn producer(options: &KafkaOptions) -> Result<FutureProducer, KafkaSinkError> {
     for (key, value, _why) in ENFORCED_PROPERTIES {
         config.set(*key, *value);
     }
-    config.create().map_err(|source| KafkaSinkError::Config { source: Box::new(source) })
+    config
+        .create_with_context(RelayContext::default())
+        .map_err(|source| KafkaSinkError::Config { source: Box::new(source) })
 }
