@@ -3,6 +3,8 @@
 #   PostgreSQL (throwaway cluster, wal_level=logical)  127.0.0.1:${OUTBOX_RELAY_PG_PORT:-55432}
 #   RabbitMQ (with the consistent-hash exchange plugin) 127.0.0.1:5672
 #   tansu, a Kafka-protocol broker (memory storage)     127.0.0.1:9092
+#     (built with libsql too: outage tests run their own tansu on an SQLite file, so a
+#     restarted broker still has what it confirmed)
 #
 #   scripts/services.sh up      start whatever is not already running; prints the names it
 #                               started on its last line ("started: ...") and writes the
@@ -20,7 +22,7 @@ state=${OUTBOX_RELAY_SERVICES_DIR:-$root/.services}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/pg-outbox-relay
 pg_port=${OUTBOX_RELAY_PG_PORT:-55432}
 tansu_version=0.6.0
-tansu_features=dynostore,postgres
+tansu_features=dynostore,libsql
 mkdir -p "$state"
 
 log() { echo "services: $*" >&2; }
@@ -95,15 +97,16 @@ tansu_bin() {
   local profile=${TANSU_PROFILE:-} candidate
   for candidate in release debug; do
     if [[ -n $profile && $profile != "$candidate" ]]; then continue; fi
-    local bin=$cache/tansu-$tansu_version-$candidate/bin/tansu
+    local bin=$cache/tansu-$tansu_version-${tansu_features//,/-}-$candidate/bin/tansu
     if [[ -x $bin ]]; then echo "$bin"; return 0; fi
   done
   profile=${profile:-debug}
   log "building tansu $tansu_version ($profile, features $tansu_features) once; it is cached in $cache"
-  local flags=(--locked --features "$tansu_features" --root "$cache/tansu-$tansu_version-$profile")
+  local root=$cache/tansu-$tansu_version-${tansu_features//,/-}-$profile
+  local flags=(--locked --features "$tansu_features" --root "$root")
   [[ $profile == debug ]] && flags+=(--debug)
   CARGO_TARGET_DIR=$cache/tansu-build cargo install "tansu@$tansu_version" "${flags[@]}" >&2
-  echo "$cache/tansu-$tansu_version-$profile/bin/tansu"
+  echo "$root/bin/tansu"
 }
 
 start_tansu() {

@@ -2,6 +2,7 @@
 //! Each test binary uses a different part of it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod brokers;
 pub mod check;
 pub mod kafka;
 pub mod pg;

@@ -73,7 +73,8 @@ impl RabbitSink {
     pub fn new(options: RabbitOptions) -> Result<Self, RabbitSinkError> {
         let uri =
             AMQPUri::from_str(&options.url).map_err(|reason| RabbitSinkError::Url { reason })?;
-        let target = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
+        let target =
+            format!("{}:{} (vhost {:?})", uri.authority.host, uri.authority.port, uri.vhost);
         Ok(Self {
             options: RabbitOptions { lanes: options.lanes.max(1), ..options },
             target,
@@ -81,7 +82,7 @@ impl RabbitSink {
         })
     }
 
-    /// `host:port/vhost`, without credentials.
+    /// `host:port (vhost "name")`, without credentials.
     pub fn target(&self) -> &str {
         &self.target
     }
