@@ -552,6 +552,19 @@ mod tests {
         assert_eq!(rabbit.bindings[0].routing_key, "1");
     }
 
+    /// The commented examples in config/ must stay loadable.
+    #[test]
+    fn the_shipped_examples_load() {
+        for (name, text) in [
+            ("poll-kafka.toml", include_str!("../config/poll-kafka.toml")),
+            ("poll-rabbitmq.toml", include_str!("../config/poll-rabbitmq.toml")),
+        ] {
+            if let Err(error) = Config::from_sources(text, Vec::new(), name) {
+                panic!("config/{name}: {error}");
+            }
+        }
+    }
+
     #[test]
     fn secrets_do_not_print() {
         let config = load(MINIMAL, &[]).unwrap();

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# End-to-end benchmark (not a test: nothing here asserts a speed). Reports:
+#   1. drain: a backlog of $ROWS outbox rows (~200-byte JSON payloads, $KEYS keys) published by a
+#      release build of the relay to Kafka (tansu) and to RabbitMQ; rows/s until the outbox is
+#      empty, i.e. every row confirmed by the broker and deleted;
+#   2. confirm latency p50/p99 from the relay's own histogram;
+#   3. what the relay's triggers cost the application: INSERT rate into the outbox (seq + NOTIFY
+#      triggers) against the same table without them.
+# Usage: bench/run.sh [ROWS]   (default 100000). Figures go to stdout; BENCHMARKS.md keeps
+# the ones we published, with the machine they came from.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-100000}
+KEYS=${KEYS:-1000}
+
+TANSU_PROFILE=${TANSU_PROFILE:-release} scripts/services.sh up >/dev/null
+source .services/env
+cargo build --quiet --release --locked --bin outbox-relay
+relay=target/release/outbox-relay
+admin=$OUTBOX_RELAY_TEST_PG
+db=${admin%/*}/outbox_bench
+port=19187
+
+psql_q() { psql "$db" -qAtX "$@"; }
+
+fresh_db() {
+  psql "$admin" -qX -c "drop database if exists outbox_bench with (force)" -c "create database outbox_bench"
+}
+
+fill() { # rows
+  psql_q -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
+    select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
+           jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
+             jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
+             'note', repeat('x', 80))
+    from generate_series(1, $1) i"
+}
+
+quantile() { # q metrics-text -> seconds, from the histogram's cumulative buckets
+  awk -v q="$1" '/^outbox_relay_confirm_latency_seconds_bucket/ {
+      match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); n[++k] = $NF; b[k] = le }
+    /^outbox_relay_confirm_latency_seconds_count/ { total = $NF }
+    END { for (i = 1; i <= k; i++) if (n[i] >= q * total) { print b[i]; exit } }' <<<"$2"
+}
+
+drain() { # sink config-file
+  local sink=$1 config=$2
+  fresh_db
+  "$relay" --config "$config" migrate >/dev/null
+  fill "$ROWS"
+  local start end metrics
+  start=$(date +%s.%N)
+  "$relay" --config "$config" run >".services/bench-$sink.log" 2>&1 &
+  local pid=$!
+  until [[ $(psql_q -c "select count(*) = 0 from outbox") == t ]]; do sleep 0.05; done
+  end=$(date +%s.%N)
+  metrics=$(curl -fsS "http://127.0.0.1:$port/metrics")
+  kill -TERM "$pid"; wait "$pid"
+  local secs rate
+  secs=$(echo "$end - $start" | bc -l)
+  rate=$(echo "$ROWS / $secs" | bc -l)
+  printf '%-9s %8d rows in %6.2f s = %8.0f rows/s   confirm latency p50 <= %ss, p99 <= %ss\n' \
+    "$sink" "$ROWS" "$secs" "$rate" "$(quantile 0.5 "$metrics")" "$(quantile 0.99 "$metrics")"
+}
+
+common="
+[postgres]
+url = \"$db\"
+[telemetry]
+listen = \"127.0.0.1:$port\"
+log_level = \"warn\"
+[route]
+topic = \"bench.\${aggregatetype}\""
+
+cat >.services/bench-kafka.toml <<TOML
+$common
+[sink]
+kind = "kafka"
+brokers = "$OUTBOX_RELAY_TEST_KAFKA"
+TOML
+cat >.services/bench-rabbitmq.toml <<TOML
+$common
+[sink]
+kind = "rabbitmq"
+url = "$OUTBOX_RELAY_TEST_AMQP"
+[[sink.exchanges]]
+name = "bench.bench"
+kind = "x-consistent-hash"
+[[sink.queues]]
+name = "bench.1"
+[[sink.queues]]
+name = "bench.2"
+[[sink.bindings]]
+queue = "bench.1"
+exchange = "bench.bench"
+routing_key = "1"
+[[sink.bindings]]
+queue = "bench.2"
+exchange = "bench.bench"
+routing_key = "1"
+TOML
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; tansu: $OUTBOX_RELAY_TANSU"
+"$OUTBOX_RELAY_TANSU" topic delete bench.bench --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null 2>&1 || true
+"$OUTBOX_RELAY_TANSU" topic create bench.bench --partitions 12 --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null
+drain kafka .services/bench-kafka.toml
+for q in bench.1 bench.2; do rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true; done
+drain rabbitmq .services/bench-rabbitmq.toml
+for q in bench.1 bench.2; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
+
+# The app's side: the same INSERT with and without the relay's triggers.
+fresh_db
+"$relay" --config .services/bench-kafka.toml migrate >/dev/null
+psql_q -c "create table plain (like outbox including defaults including indexes)"
+insert_rate() { # table
+  local start end
+  start=$(date +%s.%N)
+  psql_q -c "insert into $1 (id, aggregatetype, aggregateid, type, payload, seq)
+    select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked', '{\"n\": 1}', i
+    from generate_series(1, $ROWS) i"
+  end=$(date +%s.%N)
+  echo "$ROWS / ($end - $start)" | bc -l
+}
+with=$(insert_rate outbox)
+without=$(insert_rate plain)
+printf 'app INSERT rate, one statement of %d rows: %.0f rows/s with the relay triggers, %.0f rows/s without\n' \
+  "$ROWS" "$with" "$without"
