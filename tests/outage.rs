@@ -1,34 +1,70 @@
-//! Brokers stopped mid-run and restarted: the relay retries, resumes, loses nothing and keeps
-//! each key's order (duplicates of messages whose confirm was lost are allowed and counted).
+//! Interruptions mid-run — a broker stopped or killed and restarted, the relay itself killed —
+//! lose nothing and keep each key's order. Duplicates of messages whose confirm was lost, or
+//! whose acknowledgement had not reached Postgres, are allowed and counted.
 
 mod support;
 
 use std::time::Duration;
 
 use support::brokers::{RabbitNode, Tansu};
-use support::check::{verify, Delivered};
+use support::check::{kafka_streams, verify, Delivered};
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::rabbit::drain;
 use support::relay::{migrate, Relay};
-use support::workload::{self, Workload};
+use support::workload::{self, Committed, Workload};
 use support::{unique, wait_for};
+use tokio_postgres::Client;
 
 /// Rows that must pile up in the outbox while the broker is away.
 const BACKLOG_DURING_OUTAGE: i64 = 1_500;
 
-fn workload() -> Workload {
-    Workload { rows: 6_000, ..Workload::default() }
+/// Starts the relay and 6 000 rows of concurrent writes; once 1 000 messages are published,
+/// hands the relay to `interrupt` (which may replace it); then waits for the writers and for an
+/// empty outbox. Returns what was committed and the relay running at the end.
+async fn interrupted_run(
+    db: &str,
+    config: &str,
+    interrupt: impl AsyncFnOnce(Relay, &Client) -> Relay,
+) -> (Committed, Relay) {
+    migrate(config).await;
+    let relay = Relay::spawn(config);
+    let workload = Workload { rows: 6_000, ..Workload::default() };
+    let writers = tokio::spawn({
+        let db = db.to_owned();
+        async move { workload::run(&db, &workload).await }
+    });
+    let client = connect(db).await;
+    let relay_ref = &relay;
+    wait_for("1 000 messages published", Duration::from_secs(60), || async move {
+        relay_ref.metric("outbox_relay_messages_published_total").await.unwrap_or(0.0) >= 1_000.0
+    })
+    .await;
+    let relay = interrupt(relay, &client).await;
+    let committed = writers.await.unwrap();
+    let client = &client;
+    wait_for("the relay to empty the outbox", Duration::from_secs(180), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    (committed, relay)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_broker_killed_and_restarted_mid_run_loses_nothing() {
-    let mut tansu = Tansu::start().await;
-    let db = fresh_database("outage_kafka").await;
-    let prefix = unique("ok");
-    let topic = format!("{prefix}.order");
-    create_topic(&tansu.brokers(), &topic, 4).await;
-    let config = format!(
+/// Waits until the writers have piled up a backlog (the broker is away, nothing is deleted).
+async fn backlog_builds_up(client: &Client) {
+    wait_for("a backlog to build up while the broker is down", Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox").await >= BACKLOG_DURING_OUTAGE
+    })
+    .await;
+}
+
+async fn stop(mut relay: Relay) {
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+}
+
+fn kafka_config(db: &str, brokers: &str, prefix: &str) -> String {
+    format!(
         r#"
 [postgres]
 url = "{db}"
@@ -40,51 +76,28 @@ brokers = "{brokers}"
 metadata_timeout = "2s"
 [route]
 topic = "{prefix}.${{aggregatetype}}"
-"#,
-        brokers = tansu.brokers()
-    );
-    migrate(&config).await;
-    let mut relay = Relay::spawn(&config);
-    let workload = workload();
-    let writers = tokio::spawn({
-        let (db, workload) = (db.clone(), workload.clone());
-        async move { workload::run(&db, &workload).await }
-    });
+"#
+    )
+}
 
-    let client = connect(&db).await;
-    let (client, relay_ref) = (&client, &relay);
-    wait_for("1 000 messages published", Duration::from_secs(60), || async move {
-        relay_ref.metric("outbox_relay_messages_published_total").await.unwrap_or(0.0) >= 1_000.0
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_broker_killed_and_restarted_mid_run_loses_nothing() {
+    let mut tansu = Tansu::start().await;
+    let db = fresh_database("outage_kafka").await;
+    let prefix = unique("ok");
+    let topic = format!("{prefix}.order");
+    create_topic(&tansu.brokers(), &topic, 4).await;
+    let config = kafka_config(&db, &tansu.brokers(), &prefix);
+    let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
+        tansu.kill9().await;
+        backlog_builds_up(client).await;
+        tansu.start_again().await;
+        relay
     })
     .await;
-    tansu.kill9().await;
-    wait_for("a backlog to build up while the broker is down", Duration::from_secs(60), || async move {
-        count(client, "select count(*) from outbox").await >= BACKLOG_DURING_OUTAGE
-    })
-    .await;
-    tansu.start_again().await;
-
-    let committed = writers.await.unwrap();
-    wait_for("the relay to empty the outbox", Duration::from_secs(180), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
-    let streams: Vec<Vec<Delivered>> = read_all(&tansu.brokers(), &topic)
-        .await
-        .iter()
-        .map(|records| {
-            records
-                .iter()
-                .map(|r| {
-                    let id = r.header("id").unwrap().to_owned();
-                    Delivered::from_payload(id, r.payload.as_deref().unwrap(), false)
-                })
-                .collect()
-        })
-        .collect();
-    let outcome = verify(&streams, &committed, true);
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    let outcome =
+        verify(&kafka_streams(&read_all(&tansu.brokers(), &topic).await), &committed, true);
+    stop(relay).await;
     println!(
         "kafka outage (kill -9 + restart): {} rows committed, {} messages read, {} duplicates, \
          0 lost, key order kept",
@@ -125,31 +138,12 @@ topic = "{prefix}.${{aggregatetype}}"
 "##,
         url = node.url()
     );
-    migrate(&config).await;
-    let mut relay = Relay::spawn(&config);
-    let workload = workload();
-    let writers = tokio::spawn({
-        let (db, workload) = (db.clone(), workload.clone());
-        async move { workload::run(&db, &workload).await }
-    });
-
-    let client = connect(&db).await;
-    let (client, relay_ref) = (&client, &relay);
-    wait_for("1 000 messages published", Duration::from_secs(60), || async move {
-        relay_ref.metric("outbox_relay_messages_published_total").await.unwrap_or(0.0) >= 1_000.0
-    })
-    .await;
-    node.stop().await;
-    wait_for("a backlog to build up while the broker is down", Duration::from_secs(60), || async move {
-        count(client, "select count(*) from outbox").await >= BACKLOG_DURING_OUTAGE
-    })
-    .await;
-    assert_eq!(relay.http_get("/readyz").await.as_deref(), Some("retrying\n"));
-    node.start_again().await;
-
-    let committed = writers.await.unwrap();
-    wait_for("the relay to empty the outbox", Duration::from_secs(180), || async move {
-        count(client, "select count(*) from outbox").await == 0
+    let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
+        node.stop().await;
+        backlog_builds_up(client).await;
+        assert_eq!(relay.http_get("/readyz").await.as_deref(), Some("retrying\n"));
+        node.start_again().await;
+        relay
     })
     .await;
     let deliveries = drain(&node.url(), &format!("{prefix}.all")).await;
@@ -158,8 +152,7 @@ topic = "{prefix}.${{aggregatetype}}"
         .map(|d| Delivered::from_payload(d.message_id.clone().unwrap(), &d.payload, d.redelivered))
         .collect();
     let outcome = verify(&[stream], &committed, true);
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
     println!(
         "rabbitmq outage (node stop + start): {} rows committed, {} messages read, {} duplicates, \
          0 lost, key order kept",
@@ -176,56 +169,15 @@ async fn relay_killed_mid_run_and_restarted_loses_nothing() {
     let prefix = unique("rk");
     let topic = format!("{prefix}.order");
     create_topic(&services.kafka, &topic, 4).await;
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        brokers = services.kafka
-    );
-    migrate(&config).await;
-    let mut relay = Relay::spawn(&config);
-    let workload = workload();
-    let writers = tokio::spawn({
-        let (db, workload) = (db.clone(), workload.clone());
-        async move { workload::run(&db, &workload).await }
-    });
-    let client = connect(&db).await;
-    let client = &client;
-    let relay_ref = &relay;
-    wait_for("1 000 messages published", Duration::from_secs(60), || async move {
-        relay_ref.metric("outbox_relay_messages_published_total").await.unwrap_or(0.0) >= 1_000.0
+    let config = kafka_config(&db, &services.kafka, &prefix);
+    let (committed, relay) = interrupted_run(&db, &config, async |mut relay, _| {
+        relay.kill9().await;
+        Relay::spawn(&config)
     })
     .await;
-    relay.kill9().await;
-    let mut relay = Relay::spawn(&config);
-
-    let committed = writers.await.unwrap();
-    wait_for("the relay to empty the outbox", Duration::from_secs(120), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
-    let streams: Vec<Vec<Delivered>> = read_all(&services.kafka, &topic)
-        .await
-        .iter()
-        .map(|records| {
-            records
-                .iter()
-                .map(|r| {
-                    let id = r.header("id").unwrap().to_owned();
-                    Delivered::from_payload(id, r.payload.as_deref().unwrap(), false)
-                })
-                .collect()
-        })
-        .collect();
-    let outcome = verify(&streams, &committed, true);
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    let outcome =
+        verify(&kafka_streams(&read_all(&services.kafka, &topic).await), &committed, true);
+    stop(relay).await;
     println!(
         "relay kill -9 + restart: {} rows committed, {} messages read, {} duplicates, 0 lost, \
          key order kept",

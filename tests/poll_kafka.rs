@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::check::{verify, Delivered};
+use support::check::{kafka_streams, verify};
 use support::kafka::{create_topic, java_murmur2, java_partition, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::relay::{migrate, Relay};
@@ -58,19 +58,7 @@ async fn concurrent_out_of_order_commits_arrive_exactly_once_in_commit_order_per
     let elapsed = started.elapsed();
 
     let partitions = read_all(&services.kafka, &topic).await;
-    let streams: Vec<Vec<Delivered>> = partitions
-        .iter()
-        .map(|records| {
-            records
-                .iter()
-                .map(|r| {
-                    let id = r.header("id").expect("id header").to_owned();
-                    Delivered::from_payload(id, r.payload.as_deref().expect("payload"), false)
-                })
-                .collect()
-        })
-        .collect();
-    let outcome = verify(&streams, &committed, false);
+    let outcome = verify(&kafka_streams(&partitions), &committed, false);
     assert_eq!(outcome.messages, workload.rows);
 
     // Keys land where the Java client's murmur2 partitioner puts them; headers are complete.

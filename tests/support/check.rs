@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
+use super::kafka::Record;
 use super::workload::Committed;
 
 /// One message as a consumer saw it.
@@ -27,6 +28,22 @@ impl Delivered {
             redelivered,
         }
     }
+}
+
+/// Kafka partitions (as read) as delivery streams; ids come from the `id` header.
+pub fn kafka_streams(partitions: &[Vec<Record>]) -> Vec<Vec<Delivered>> {
+    partitions
+        .iter()
+        .map(|records| {
+            records
+                .iter()
+                .map(|r| {
+                    let id = r.header("id").expect("id header").to_owned();
+                    Delivered::from_payload(id, r.payload.as_deref().expect("payload"), false)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// What the comparison found besides the guarantees (which it asserts).

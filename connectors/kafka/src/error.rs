@@ -38,6 +38,10 @@ pub enum KafkaSinkError {
     },
     #[error("the Kafka producer was shut down before message {id} was confirmed")]
     Canceled { id: String },
+    #[error(
+        "librdkafka's local queue stayed full for {after:?}; message {id} was not handed over"
+    )]
+    QueueFull { id: String, after: std::time::Duration },
 }
 
 impl KafkaSinkError {
@@ -50,7 +54,7 @@ impl KafkaSinkError {
             KafkaSinkError::Metadata { source, .. }
             | KafkaSinkError::Unreachable { source, .. }
             | KafkaSinkError::Produce { source, .. } => classify(source),
-            KafkaSinkError::Canceled { .. } => Retry::Transient,
+            KafkaSinkError::Canceled { .. } | KafkaSinkError::QueueFull { .. } => Retry::Transient,
         }
     }
 }

@@ -154,10 +154,19 @@ impl Sink for KafkaSink {
         if let Some(payload) = &message.payload {
             record = record.payload(payload);
         }
+        let full_since = std::time::Instant::now();
         let delivery = loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => break delivery,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Wait for room, but not forever: the engine backs off and re-sends.
+                    if full_since.elapsed() >= self.options.metadata_timeout {
+                        return Err(KafkaSinkError::QueueFull {
+                            id: message.id.clone(),
+                            after: self.options.metadata_timeout,
+                        }
+                        .into());
+                    }
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }

@@ -235,11 +235,22 @@ impl Sink for RabbitSink {
         );
         let id = message.id.clone();
         let exchange = message.destination.clone();
-        let confirm = publish.await.map_err(|source| RabbitSinkError::Publish {
-            id: id.clone(),
-            exchange: exchange.clone(),
-            source: Box::new(source),
-        })?;
+        let confirm = match tokio::time::timeout(timeout, publish).await {
+            Ok(published) => published.map_err(|source| RabbitSinkError::Publish {
+                id: id.clone(),
+                exchange: exchange.clone(),
+                source: Box::new(source),
+            })?,
+            Err(_) => {
+                // A frame may be half written: never reuse this connection.
+                self.connected = None;
+                return Err(RabbitSinkError::Timeout {
+                    what: format!("the publish of message {id}"),
+                    after: timeout,
+                }
+                .into());
+            }
+        };
         let routing_key = routing_key.to_owned();
         Ok(Box::pin(async move {
             match confirm.await {
