@@ -28,8 +28,9 @@ use crate::{quote_ident, OutboxTable, PostgresError, Session};
 
 /// Rows per DELETE/UPDATE statement when acknowledging.
 const ACK_CHUNK: usize = 5_000;
-/// How often `after_publish = "mark"` deletes rows older than the retention.
-const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// Longest pause between two retention clean-ups with `after_publish = "mark"` (shorter
+/// retentions are cleaned up as often as the retention, but at most once a second).
+const CLEANUP_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per retention statement.
 const CLEANUP_CHUNK: i64 = 10_000;
 /// Least time between xids drawn to bound holes (each one consumes an xid).
@@ -244,6 +245,9 @@ impl PollSource {
             self.last_bound = Some(Instant::now());
         }
 
+        // Idle or not, marked rows past their retention go.
+        self.clean_up().await?;
+
         // Late rows all precede the fresh ones in `seq`; within each part the order is `seq`.
         let entries: Vec<Entry> = rows.iter().map(|row| self.entry(row)).collect();
         self.emitted.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
@@ -298,7 +302,8 @@ impl PollSource {
         else {
             return Ok(());
         };
-        if self.last_cleanup.elapsed() < CLEANUP_EVERY {
+        let every = retention.clamp(Duration::from_secs(1), CLEANUP_AT_MOST_EVERY);
+        if self.last_cleanup.elapsed() < every {
             return Ok(());
         }
         self.last_cleanup = Instant::now();

@@ -1,0 +1,134 @@
+//! The poll source's modes: NOTIFY wake-ups, interval-only polling, marking instead of deleting,
+//! extra header columns.
+
+mod support;
+
+use std::time::Duration;
+
+use support::kafka::{create_topic, read_all, Record};
+use support::pg::{connect, count, fresh_database};
+use support::relay::{migrate, Relay};
+use support::{services, unique, wait_for};
+use tokio_postgres::Client;
+
+fn config(db: &str, prefix: &str, source: &str) -> String {
+    format!(
+        r#"
+[postgres]
+url = "{db}"
+[source]
+{source}
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"#,
+        brokers = services().kafka
+    )
+}
+
+async fn insert_rows(client: &Client, n: i32) {
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), 'order', 'k' || i % 3, 'OrderCreated', jsonb_build_object('n', i) \
+             from generate_series(1, $1) i",
+            &[&n],
+        )
+        .await
+        .unwrap();
+}
+
+async fn delivered(topic: &str) -> Vec<Record> {
+    read_all(&services().kafka, topic).await.into_iter().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_the_relay_long_before_the_poll_interval_and_extra_headers_are_sent() {
+    let db = fresh_database("notify").await;
+    let prefix = unique("notify");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 2).await;
+    let config = format!(
+        "{}[route.headers]\ntype = \"${{type}}\"\ntenant = \"${{tenant}}\"\n",
+        config(&db, &prefix, "poll_interval = \"1h\"")
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client.batch_execute("alter table outbox add column tenant text default 'acme'").await.unwrap();
+    let mut relay = Relay::spawn(&config);
+    let relay_ref = &relay;
+    // The first read happens at start; after it only a NOTIFY can wake the relay within the hour.
+    wait_for("the relay to read once", Duration::from_secs(30), || async move {
+        relay_ref.http_get("/readyz").await.as_deref() == Some("running\n")
+    })
+    .await;
+    insert_rows(&client, 5).await;
+    let client = &client;
+    wait_for("NOTIFY to bring the rows out", Duration::from_secs(30), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let records = delivered(&topic).await;
+    assert_eq!(records.len(), 5);
+    for record in &records {
+        assert_eq!(record.header("tenant"), Some("acme"));
+        assert_eq!(record.header("type"), Some("OrderCreated"));
+    }
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notify_the_interval_finds_the_rows() {
+    let db = fresh_database("interval").await;
+    let prefix = unique("interval");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 2).await;
+    let config = config(&db, &prefix, "notify_channel = \"\"\npoll_interval = \"200ms\"");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let trigger = "select count(*) from pg_trigger where tgname = 'outbox_relay_notify'";
+    assert_eq!(
+        count(&client, trigger).await,
+        0,
+        "migrate installs no NOTIFY trigger without a channel"
+    );
+    let mut relay = Relay::spawn(&config);
+    insert_rows(&client, 7).await;
+    let client = &client;
+    wait_for("the interval to bring the rows out", Duration::from_secs(30), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    assert_eq!(delivered(&topic).await.len(), 7);
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_mode_keeps_published_rows_until_their_retention_ends() {
+    let db = fresh_database("mark").await;
+    let prefix = unique("mark");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 2).await;
+    let config = config(&db, &prefix, "after_publish = \"mark\"\nretention = \"3s\"");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let mut relay = Relay::spawn(&config);
+    insert_rows(&client, 20).await;
+    let client = &client;
+    wait_for("all 20 rows marked published", Duration::from_secs(30), || async move {
+        count(client, "select count(*) from outbox where published_at is not null").await == 20
+    })
+    .await;
+    assert_eq!(delivered(&topic).await.len(), 20, "marked rows were published exactly once");
+    wait_for("the retention clean-up to delete them", Duration::from_secs(30), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    assert_eq!(delivered(&topic).await.len(), 20, "marked rows are never published again");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
