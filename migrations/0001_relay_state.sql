@@ -40,16 +40,20 @@ end
 $$;
 
 -- Creates the outbox table `schema_name.table_name` if missing (Debezium outbox-router
--- compatible), or upgrades an existing one: adds the relay's `seq` ordering column (existing rows
--- numbered in physical order), its unique index and the two triggers. Idempotent.
+-- compatible), or upgrades an existing one. Idempotent.
 --   notify_channel: LISTEN/NOTIFY channel that wakes the poll source; null installs no NOTIFY
 --                   trigger (NOTIFY serialises committing transactions on very busy servers).
 --   mark_published: adds `published_at` and a partial index for after_publish = "mark".
+--   stamp_seq:      adds the poll source's `seq` ordering column (existing rows numbered in
+--                   physical order), its unique index and the trigger that stamps it. WAL
+--                   tailing needs none of it (false); an existing seq trigger is kept, so a
+--                   table set up for polling keeps working.
 create function outbox_relay.install_outbox(
     schema_name text,
     table_name text,
     notify_channel text default 'outbox_relay',
-    mark_published boolean default false
+    mark_published boolean default false,
+    stamp_seq boolean default true
 ) returns void
 language plpgsql as $$
 declare
@@ -68,22 +72,24 @@ begin
     execute format('comment on table %s is %L', qualified,
         'Transactional outbox. Invariant: a row is deleted (or marked) by pg-outbox-relay only '
         'after the broker confirmed it; seq is stamped by a trigger, never by the app.');
-    execute format('create sequence if not exists %s as bigint cache 1', seq_name);
-    execute format('alter table %s add column if not exists seq bigint', qualified);
-    execute format($sql$
-        update %1$s t set seq = n.seq
-        from (select ctid, nextval(%2$L::regclass) as seq
-              from (select ctid from %1$s where seq is null order by ctid) ordered) n
-        where t.ctid = n.ctid$sql$, qualified, seq_name);
-    execute format('alter table %s alter column seq set not null', qualified);
-    execute format('create unique index if not exists %I on %s (seq)',
-        table_name || '_seq_key', qualified);
+    if stamp_seq then
+        execute format('create sequence if not exists %s as bigint cache 1', seq_name);
+        execute format('alter table %s add column if not exists seq bigint', qualified);
+        execute format($sql$
+            update %1$s t set seq = n.seq
+            from (select ctid, nextval(%2$L::regclass) as seq
+                  from (select ctid from %1$s where seq is null order by ctid) ordered) n
+            where t.ctid = n.ctid$sql$, qualified, seq_name);
+        execute format('alter table %s alter column seq set not null', qualified);
+        execute format('create unique index if not exists %I on %s (seq)',
+            table_name || '_seq_key', qualified);
 
-    execute format('drop trigger if exists outbox_relay_stamp_seq on %s', qualified);
-    execute format($sql$
-        create trigger outbox_relay_stamp_seq before insert on %s
-        for each row execute function outbox_relay.stamp_outbox_seq(%L)$sql$,
-        qualified, seq_name);
+        execute format('drop trigger if exists outbox_relay_stamp_seq on %s', qualified);
+        execute format($sql$
+            create trigger outbox_relay_stamp_seq before insert on %s
+            for each row execute function outbox_relay.stamp_outbox_seq(%L)$sql$,
+            qualified, seq_name);
+    end if;
 
     execute format('drop trigger if exists outbox_relay_notify on %s', qualified);
     if notify_channel is not null then

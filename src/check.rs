@@ -4,7 +4,7 @@
 
 use outbox_relay_postgres::{OutboxTable, Session, TableName};
 
-use crate::config::{AfterPublishConfig, Config, SinkConfig};
+use crate::config::{AfterPublishConfig, Config, SinkConfig, SourceMode};
 use crate::error::RelayError;
 use crate::router::Router;
 use crate::sink::chain;
@@ -83,26 +83,31 @@ async fn check_database(session: &Session, config: &Config, router: &Router, rep
         Ok(name) => name,
         Err(error) => return report.fail("outbox table", chain(&error)),
     };
+    let polled = config.source.mode == SourceMode::Poll;
     let table = match OutboxTable::inspect(
         session,
         name,
         &config.source.id_column,
         &config.source.payload_column,
+        polled,
     )
     .await
     {
         Ok(table) => {
-            report.pass(
-                "outbox table",
-                format!("{} has the columns and seq trigger the relay needs", table.name),
-            );
+            let what = if polled { "columns and seq trigger" } else { "columns" };
+            report.pass("outbox table", format!("{} has the {what} the relay needs", table.name));
             table
         }
         Err(error) => return report.fail("outbox table", chain(&error)),
     };
+    let message_fields: &[&str] = if polled || config.source.message_prefix.is_empty() {
+        &[]
+    } else {
+        &outbox_relay_postgres::wal::MESSAGE_FIELDS
+    };
     let missing: Vec<String> = router
         .columns()
-        .filter(|(_, column)| !table.has_column(column))
+        .filter(|(_, column)| !table.has_column(column) && !message_fields.contains(column))
         .map(|(key, column)| format!("{key} uses {column:?}"))
         .collect();
     if missing.is_empty() {
@@ -117,7 +122,9 @@ async fn check_database(session: &Session, config: &Config, router: &Router, rep
             "\"mark\" needs a published_at column: run `outbox-relay migrate` with this config",
         );
     }
-    if !config.source.notify_channel.is_empty() {
+    if !polled {
+        check_wal(session, config, &table, report).await;
+    } else if !config.source.notify_channel.is_empty() {
         let trigger = session
             .client()
             .query_opt(
@@ -136,6 +143,49 @@ async fn check_database(session: &Session, config: &Config, router: &Router, rep
                 ),
             );
         }
+    }
+}
+
+async fn check_wal(session: &Session, config: &Config, table: &OutboxTable, report: &mut Report) {
+    use outbox_relay_postgres::wal;
+    match wal::check_wal_level(session).await {
+        Ok(()) => report.pass("wal_level", "logical"),
+        Err(error) => return report.fail("wal_level", chain(&error)),
+    }
+    let limits = session
+        .client()
+        .query_one(
+            "select current_setting('max_replication_slots')::int, \
+                    current_setting('max_wal_senders')::int",
+            &[],
+        )
+        .await;
+    match limits {
+        Ok(row) if row.get::<_, i32>(0) > 0 && row.get::<_, i32>(1) > 0 => report.pass(
+            "replication limits",
+            format!("max_replication_slots = {}, max_wal_senders = {}", row.get::<_, i32>(0), row.get::<_, i32>(1)),
+        ),
+        Ok(_) => report.fail(
+            "replication limits",
+            "max_replication_slots and max_wal_senders must be at least 1 (restart Postgres after changing them)",
+        ),
+        Err(error) => report.fail("replication limits", chain(&error)),
+    }
+    let publication = &config.source.publication;
+    match wal::check_publication(session, publication, Some(&table.name)).await {
+        Ok(()) => report
+            .pass("publication", format!("{publication:?} publishes inserts into {}", table.name)),
+        Err(error) => report.fail("publication", chain(&error)),
+    }
+    match wal::check_slot(session, &config.source.slot).await {
+        Ok(slot) => report.pass(
+            "replication slot",
+            format!("{:?} (pgoutput) resumes at {}", config.source.slot, slot.confirmed_flush),
+        ),
+        Err(error @ outbox_relay_postgres::PostgresError::SlotInUse { .. }) => {
+            report.warn("replication slot", chain(&error));
+        }
+        Err(error) => report.fail("replication slot", chain(&error)),
     }
 }
 

@@ -99,6 +99,7 @@ pub(crate) struct PostgresConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct SourceConfig {
+    /// "wal": tail the WAL through a logical replication slot (needs wal_level = logical);
     /// "poll": read the outbox table.
     pub(crate) mode: SourceMode,
     /// Outbox table, `schema.table`.
@@ -114,11 +115,26 @@ pub(crate) struct SourceConfig {
     pub(crate) poll_interval: Duration,
     /// LISTEN channel the outbox trigger notifies; "" polls on the interval only.
     pub(crate) notify_channel: String,
-    /// "delete" the row once confirmed, or "mark" it (`published_at`).
+    /// "delete" the row once confirmed; "mark" it (`published_at`, poll only); "keep" it (WAL
+    /// only: the app deletes it, e.g. in the same transaction).
     pub(crate) after_publish: AfterPublishConfig,
     /// With "mark": delete rows published longer ago than this.
     #[serde(with = "humantime_serde")]
     pub(crate) retention: Duration,
+    /// WAL: the logical replication slot (`migrate` creates it; `run` never does).
+    pub(crate) slot: String,
+    /// WAL: the publication (`migrate` creates it for the outbox table, inserts only).
+    pub(crate) publication: String,
+    /// WAL: `pg_logical_emit_message(true, <prefix>, ...)` calls with this prefix are outbox
+    /// entries too; "" ignores logical messages.
+    pub(crate) message_prefix: String,
+    /// WAL: "envelope" (a JSON object with aggregatetype, aggregateid, type, payload, headers)
+    /// or "raw" (the content is the payload; routing from config only).
+    pub(crate) message_format: MessageFormatConfig,
+    /// WAL: emit a tiny heartbeat message this often, so the slot moves on while the outbox is
+    /// idle and other databases write WAL; "0s" turns it off.
+    #[serde(with = "humantime_serde")]
+    pub(crate) heartbeat_interval: Duration,
 }
 
 impl Default for SourceConfig {
@@ -133,6 +149,11 @@ impl Default for SourceConfig {
             notify_channel: "outbox_relay".into(),
             after_publish: AfterPublishConfig::Delete,
             retention: Duration::from_secs(7 * 24 * 3600),
+            slot: "outbox_relay".into(),
+            publication: "outbox_relay".into(),
+            message_prefix: "outbox".into(),
+            message_format: MessageFormatConfig::Envelope,
+            heartbeat_interval: Duration::from_secs(10),
         }
     }
 }
@@ -141,6 +162,7 @@ impl Default for SourceConfig {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum SourceMode {
     Poll,
+    Wal,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -148,6 +170,14 @@ pub(crate) enum SourceMode {
 pub(crate) enum AfterPublishConfig {
     Delete,
     Mark,
+    Keep,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum MessageFormatConfig {
+    Envelope,
+    Raw,
 }
 
 /// `[sink]`: where messages go; `kind` picks the broker.
@@ -393,6 +423,24 @@ impl Config {
         if self.source.batch_size == 0 {
             return Err("source.batch_size must be at least 1".into());
         }
+        match (self.source.mode, self.source.after_publish) {
+            (SourceMode::Wal, AfterPublishConfig::Mark) => {
+                return Err("source.after_publish = \"mark\" needs mode = \"poll\"; WAL mode \
+                            can \"delete\" or \"keep\""
+                    .into())
+            }
+            (SourceMode::Poll, AfterPublishConfig::Keep) => {
+                return Err("source.after_publish = \"keep\" needs mode = \"wal\": polling \
+                            finds unpublished rows by deleting or marking published ones"
+                    .into())
+            }
+            _ => {}
+        }
+        if self.source.mode == SourceMode::Wal
+            && (self.source.slot.is_empty() || self.source.publication.is_empty())
+        {
+            return Err("source.slot and source.publication must not be empty".into());
+        }
         match &self.sink {
             SinkConfig::Kafka(kafka) => {
                 for (key, value) in &kafka.properties {
@@ -558,6 +606,7 @@ mod tests {
         for (name, text) in [
             ("poll-kafka.toml", include_str!("../config/poll-kafka.toml")),
             ("poll-rabbitmq.toml", include_str!("../config/poll-rabbitmq.toml")),
+            ("wal-kafka.toml", include_str!("../config/wal-kafka.toml")),
         ] {
             if let Err(error) = Config::from_sources(text, Vec::new(), name) {
                 panic!("config/{name}: {error}");

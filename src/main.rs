@@ -56,6 +56,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for name in &report.applied {
                 println!("applied {name}");
             }
+            for done in &report.wal {
+                println!("{done}");
+            }
             println!(
                 "{} migration(s) applied, {} already present; outbox table {} installed",
                 report.applied.len(),

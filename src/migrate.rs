@@ -3,10 +3,10 @@
 //! `outbox_relay.schema_migrations`. Invariant: an applied migration is never re-applied, and a
 //! changed one is refused rather than silently diverging.
 
-use outbox_relay_postgres::{Session, TableName};
+use outbox_relay_postgres::{wal, Session, TableName};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AfterPublishConfig, Config};
+use crate::config::{AfterPublishConfig, Config, SourceMode};
 use crate::error::RelayError;
 
 struct Migration {
@@ -26,9 +26,12 @@ const MIGRATIONS: &[Migration] = &[Migration {
 pub(crate) struct Report {
     pub(crate) applied: Vec<String>,
     pub(crate) already: usize,
+    /// Publication and slot work (WAL mode).
+    pub(crate) wal: Vec<String>,
 }
 
-/// Applies pending migrations, then installs (or upgrades) the configured outbox table.
+/// Applies pending migrations, installs (or upgrades) the configured outbox table, and in WAL
+/// mode creates the publication and the replication slot if they are missing.
 pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
     let session =
         Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
@@ -89,17 +92,24 @@ pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
     }
 
     let table: TableName = config.source.table.parse()?;
-    let channel = Some(config.source.notify_channel.as_str()).filter(|c| !c.is_empty());
+    let polled = config.source.mode == SourceMode::Poll;
+    let channel = Some(config.source.notify_channel.as_str()).filter(|c| polled && !c.is_empty());
     let mark = config.source.after_publish == AfterPublishConfig::Mark;
     session
         .timed(
             "installing the outbox table",
             client.execute(
-                "select outbox_relay.install_outbox($1, $2, $3, $4)",
-                &[&table.schema, &table.name, &channel, &mark],
+                "select outbox_relay.install_outbox($1, $2, $3, $4, $5)",
+                &[&table.schema, &table.name, &channel, &mark, &polled],
             ),
         )
         .await?;
+    if config.source.mode == SourceMode::Wal {
+        wal::check_wal_level(&session).await?;
+        let publication = &config.source.publication;
+        report.wal.extend(wal::ensure_publication(&session, publication, Some(&table)).await?);
+        report.wal.extend(wal::ensure_slot(&session, &config.source.slot).await?);
+    }
     session
         .timed(
             "releasing the migration lock",

@@ -88,6 +88,8 @@ where
         stop_reading.clone(),
     )));
     let mut feeder_done = false;
+    // The feed closed the batch channel: nothing more will come.
+    let mut batches_done = false;
 
     let mut tracker = AckTracker::default();
     let mut confirms = FuturesUnordered::new();
@@ -100,8 +102,10 @@ where
     metrics.set_state(RelayState::Running);
 
     loop {
-        // Send what the window allows, in order.
-        while !recovering && ending.is_none() && has_room(&tracker, settings) {
+        // Send what the window allows, in order (on shutdown too: the source ends the stream at
+        // a transaction boundary).
+        while !recovering && ending_allows_sending(ending.as_ref()) && has_room(&tracker, settings)
+        {
             let Some(entry) = pending.pop_front() else { break };
             metrics.read.inc();
             let message = match router.route(entry) {
@@ -136,7 +140,13 @@ where
             if deadline.is_none() {
                 deadline = Some(Instant::now() + settings.shutdown_grace);
             }
-            if tracker.outstanding() == 0 {
+            // A clean shutdown first sends what the source still delivers (up to a transaction
+            // boundary); a halt, a source failure or a failing broker stop sending at once.
+            let sent_all = match ending {
+                Some(Ending::Shutdown) if !recovering => batches_done && pending.is_empty(),
+                _ => true,
+            };
+            if sent_all && tracker.outstanding() == 0 {
                 break;
             }
         } else if recovering && tracker.outstanding() == 0 && retry_at.is_none() {
@@ -164,7 +174,10 @@ where
             }
         }
 
-        let accepting = !recovering && ending.is_none() && pending.is_empty();
+        let accepting = !recovering
+            && !batches_done
+            && pending.is_empty()
+            && ending_allows_sending(ending.as_ref());
         tokio::select! {
             biased;
             () = shutdown.cancelled(), if ending.is_none() => {
@@ -231,10 +244,9 @@ where
                 tracing::warn!(unconfirmed = tracker.outstanding(), "grace period over; unconfirmed messages will be sent again after restart");
                 break;
             }
-            batch = batches_rx.recv(), if accepting => {
-                if let Some(batch) = batch {
-                    pending.extend(batch);
-                }
+            batch = batches_rx.recv(), if accepting => match batch {
+                Some(batch) => pending.extend(batch),
+                None => batches_done = true,
             }
         }
     }
@@ -283,6 +295,11 @@ fn tagged(ticket: Ticket, confirm: Confirm) -> future::Join<future::Ready<Ticket
     future::join(future::ready(ticket), confirm)
 }
 
+/// Running, or shutting down cleanly (which finishes what the source still sends).
+fn ending_allows_sending(ending: Option<&Ending>) -> bool {
+    matches!(ending, None | Some(Ending::Shutdown))
+}
+
 fn has_room(tracker: &AckTracker, settings: &Settings) -> bool {
     tracker.is_empty()
         || (tracker.len() < settings.max_in_flight
@@ -318,23 +335,30 @@ async fn feed<S: Source>(
     ack_interval: Duration,
     stop_reading: CancellationToken,
 ) -> Result<(), ConnectorError> {
+    let mut batches = Some(batches);
     let mut batch: Option<Vec<Entry>> = None;
     let mut acked: Option<Position> = None;
     let mut next_ack = Instant::now();
     loop {
         let wanted = *acks.borrow();
         let ack_due = wanted.is_some() && wanted != acked;
-        let reading = !stop_reading.is_cancelled();
+        // After a stop, reading goes on to the end of the current transaction; then the batch
+        // channel closes, which tells the main loop that nothing more comes.
+        let stopping = stop_reading.is_cancelled();
+        if stopping && batch.is_none() && source.at_boundary() {
+            batches = None;
+        }
+        let reading = batches.is_some();
         tokio::select! {
             biased;
             changed = acks.changed() => {
                 if changed.is_err() {
-                    // The main loop is done: apply its final position and stop.
+                    // The main loop is done: apply its final position, make it durable, stop.
                     let last = *acks.borrow();
                     if let Some(position) = last.filter(|_| last != acked) {
                         source.ack(position).await?;
                     }
-                    return Ok(());
+                    return source.close().await;
                 }
             }
             () = sleep_until(next_ack), if ack_due => {
@@ -342,7 +366,7 @@ async fn feed<S: Source>(
                 acked = wanted;
                 next_ack = Instant::now() + ack_interval;
             }
-            permit = batches.reserve(), if reading && batch.is_some() => {
+            permit = reserve(batches.as_ref()), if reading && batch.is_some() => {
                 if let Ok(permit) = permit {
                     permit.send(batch.take().expect("checked"));
                 }
@@ -354,9 +378,16 @@ async fn feed<S: Source>(
                     batch = Some(read);
                 }
             }
-            () = stop_reading.cancelled(), if reading => {}
+            () = stop_reading.cancelled(), if !stopping => {}
         }
     }
+}
+
+/// A slot in the batch channel (only polled while the channel is open).
+async fn reserve(
+    batches: Option<&mpsc::Sender<Vec<Entry>>>,
+) -> Result<mpsc::Permit<'_, Vec<Entry>>, mpsc::error::SendError<()>> {
+    batches.expect("polled only while open").reserve().await
 }
 
 #[cfg(test)]

@@ -5,15 +5,21 @@
 use std::sync::Arc;
 
 use outbox_relay_core::Retry;
-use outbox_relay_postgres::{AfterPublish, OutboxTable, PollOptions, PollSource, TableName};
+use outbox_relay_postgres::{
+    wal, AfterPublish, MessageFormat, OutboxTable, PollOptions, PollSource, TableName,
+    WalAfterPublish, WalOptions, WalSource,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AfterPublishConfig, Config};
+use crate::config::{AfterPublishConfig, Config, MessageFormatConfig, SourceMode};
 use crate::error::RelayError;
 use crate::pipeline::{self, Exit, Settings};
 use crate::router::Router;
 use crate::sink::AnySink;
 use crate::telemetry::{self, RelayState, Telemetry};
+
+/// Prefix of the relay's heartbeat messages (never an outbox entry).
+const HEARTBEAT_PREFIX: &str = "outbox-relay.heartbeat";
 
 pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
     let telemetry = Telemetry::new();
@@ -75,16 +81,16 @@ async fn run_once(
     let Some(session) = crate::leader::acquire(config, telemetry, shutdown).await? else {
         return Ok(Exit::Shutdown);
     };
-    let name: TableName = config.source.table.parse()?;
-    let table = OutboxTable::inspect(
-        &session,
-        name,
-        &config.source.id_column,
-        &config.source.payload_column,
-    )
-    .await?;
+    let source = &config.source;
+    let polled = source.mode == SourceMode::Poll;
+    let name: TableName = source.table.parse()?;
+    let table =
+        OutboxTable::inspect(&session, name, &source.id_column, &source.payload_column, polled)
+            .await?;
+    let message_fields: &[&str] =
+        if polled || source.message_prefix.is_empty() { &[] } else { &wal::MESSAGE_FIELDS };
     for (key, column) in router.columns() {
-        if !table.has_column(column) {
+        if !table.has_column(column) && !message_fields.contains(&column) {
             return Err(RelayError::UnknownColumn {
                 key,
                 column: column.into(),
@@ -92,16 +98,39 @@ async fn run_once(
             });
         }
     }
-    let options = PollOptions {
-        batch_size: config.source.batch_size,
-        poll_interval: config.source.poll_interval,
-        after_publish: match config.source.after_publish {
-            AfterPublishConfig::Delete => AfterPublish::Delete,
-            AfterPublishConfig::Mark => AfterPublish::Mark { retention: config.source.retention },
+    if polled {
+        let options = PollOptions {
+            batch_size: source.batch_size,
+            poll_interval: source.poll_interval,
+            after_publish: match source.after_publish {
+                AfterPublishConfig::Mark => AfterPublish::Mark { retention: source.retention },
+                AfterPublishConfig::Delete | AfterPublishConfig::Keep => AfterPublish::Delete,
+            },
+            notify_channel: Some(source.notify_channel.clone()).filter(|c| !c.is_empty()),
+        };
+        tracing::info!(table = %table.name, "polling the outbox");
+        let source = PollSource::new(session, table, options).await?;
+        return pipeline::run(source, sink, router, settings, telemetry, shutdown).await;
+    }
+    let options = WalOptions {
+        slot: source.slot.clone(),
+        publication: source.publication.clone(),
+        message_prefix: Some(source.message_prefix.clone()).filter(|p| !p.is_empty()),
+        message_format: match source.message_format {
+            MessageFormatConfig::Envelope => MessageFormat::Envelope,
+            MessageFormatConfig::Raw => MessageFormat::Raw,
         },
-        notify_channel: Some(config.source.notify_channel.clone()).filter(|c| !c.is_empty()),
+        heartbeat_prefix: HEARTBEAT_PREFIX.into(),
+        heartbeat_interval: Some(source.heartbeat_interval).filter(|i| !i.is_zero()),
+        after_publish: match source.after_publish {
+            AfterPublishConfig::Keep => WalAfterPublish::Keep,
+            AfterPublishConfig::Delete | AfterPublishConfig::Mark => WalAfterPublish::Delete,
+        },
+        status_interval: wal::status_interval(&session).await?,
+        connect_timeout: config.postgres.connect_timeout,
+        application_name: format!("outbox-relay:{}", config.pipeline.name),
     };
-    tracing::info!(table = %table.name, "polling the outbox");
-    let source = PollSource::new(session, table, options).await?;
+    let source =
+        WalSource::start(config.postgres.url.expose(), session, Some(table), options).await?;
     pipeline::run(source, sink, router, settings, telemetry, shutdown).await
 }

@@ -139,6 +139,9 @@ impl Router {
             position: entry.position,
             reason,
         };
+        if let Some(defect) = &entry.defect {
+            return Err(poison(defect.clone()));
+        }
         if entry.id.is_empty() {
             return Err(poison("the id column is NULL or empty".into()));
         }
@@ -153,7 +156,7 @@ impl Router {
             }
             None => None,
         };
-        let mut headers = Vec::with_capacity(self.headers.len() + 2);
+        let mut headers = Vec::with_capacity(self.headers.len() + 2 + entry.headers.len());
         headers.push(Header { name: Arc::clone(&self.id_header), value: entry.id.clone() });
         headers.push(Header {
             name: Arc::clone(&self.position_header),
@@ -164,6 +167,7 @@ impl Router {
                 template.render(&entry).map_err(|r| poison(format!("header {name:?}: {r}")))?;
             headers.push(Header { name: Arc::clone(name), value });
         }
+        headers.extend(entry.headers);
         Ok(Message {
             id: entry.id,
             position: entry.position,
@@ -199,6 +203,8 @@ mod tests {
             ),
             payload: Some("{}".into()),
             payload_kind: PayloadKind::Json,
+            headers: Vec::new(),
+            defect: None,
         }
     }
 

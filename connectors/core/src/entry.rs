@@ -68,6 +68,12 @@ pub struct Entry {
     /// `None` for a NULL payload (a Kafka tombstone).
     pub payload: Option<Bytes>,
     pub payload_kind: PayloadKind,
+    /// Headers the entry itself carries (a logical message's envelope), sent after the routed
+    /// ones.
+    pub headers: Vec<Header>,
+    /// Why this entry cannot become a message (an undecodable payload, say); the engine treats
+    /// it as poison, naming the entry and this reason.
+    pub defect: Option<String>,
 }
 
 /// A message header; values are text.

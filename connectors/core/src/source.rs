@@ -26,4 +26,17 @@ pub trait Source: Send {
 
     /// See the trait docs.
     fn ack(&mut self, upto: Position) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Whether the entries emitted so far end on a transaction boundary. On a clean stop the
+    /// engine keeps reading until this is true, so no transaction is left half published (which
+    /// a restart would publish again in full).
+    fn at_boundary(&self) -> bool {
+        true
+    }
+
+    /// Makes the last acknowledgement durable at the source and lets go of it; called once, after
+    /// the final `ack`, on a clean stop.
+    fn close(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send {
+        async { Ok(()) }
+    }
 }

@@ -40,6 +40,53 @@ pub enum PostgresError {
     Timeout { what: &'static str, after: Duration },
     #[error("acknowledged position {position} was never emitted by this source (a relay bug)")]
     UnknownPosition { position: String },
+    #[error(
+        "wal_level is {level:?}; WAL tailing needs wal_level = logical (set it in postgresql.conf \
+         and restart PostgreSQL), or use source.mode = \"poll\""
+    )]
+    WalLevel { level: String },
+    #[error(
+        "publication {publication:?} does not exist: run `outbox-relay migrate` (it creates it)"
+    )]
+    MissingPublication { publication: String },
+    #[error(
+        "publication {publication:?} does not publish inserts into {table}: run `outbox-relay \
+         migrate`, or `alter publication ... add table ...` with publish = 'insert'"
+    )]
+    PublicationLacksTable { publication: String, table: String },
+    #[error(
+        "replication slot {slot:?} does not exist: run `outbox-relay migrate` to create it. The \
+         relay never creates it on its own: a slot only sees what is committed after it exists, \
+         so creating one silently could skip entries"
+    )]
+    MissingSlot { slot: String },
+    #[error(
+        "replication slot {slot:?} {problem}: use a pgoutput slot of this database (source.slot)"
+    )]
+    WrongSlot { slot: String, problem: String },
+    #[error(
+        "replication slot {slot:?} was invalidated (wal_status = lost: the WAL it needed was \
+         removed, see max_slot_wal_keep_size); changes committed after {confirmed} are gone from \
+         the WAL. The relay will not re-create the slot, as that would silently skip them. To \
+         recover: find and republish what was committed since {confirmed}, then drop the slot and \
+         run `outbox-relay migrate` to create a new one"
+    )]
+    SlotInvalidated { slot: String, confirmed: String },
+    #[error("replication slot {slot:?} is in use by another process (pid {pid}); waiting for it to let go")]
+    SlotInUse { slot: String, pid: i32 },
+    #[error("{what}")]
+    Replication {
+        what: &'static str,
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+    #[error("the replication stream ended")]
+    StreamEnded,
+    #[error("undecodable replication data")]
+    Decode {
+        #[source]
+        source: crate::wal::DecodeError,
+    },
 }
 
 impl PostgresError {
@@ -50,14 +97,23 @@ impl PostgresError {
             PostgresError::Connect { source, .. } | PostgresError::Query { source, .. } => {
                 classify(source)
             }
-            PostgresError::ConnectTimeout { .. } | PostgresError::Timeout { .. } => {
-                Retry::Transient
-            }
+            PostgresError::ConnectTimeout { .. }
+            | PostgresError::Timeout { .. }
+            | PostgresError::SlotInUse { .. }
+            | PostgresError::StreamEnded => Retry::Transient,
+            PostgresError::Replication { source, .. } => classify_replication(source),
             PostgresError::Url { .. }
             | PostgresError::TableName(_)
             | PostgresError::MissingTable { .. }
             | PostgresError::MissingColumn { .. }
             | PostgresError::MissingSeqTrigger { .. }
+            | PostgresError::WalLevel { .. }
+            | PostgresError::MissingPublication { .. }
+            | PostgresError::PublicationLacksTable { .. }
+            | PostgresError::MissingSlot { .. }
+            | PostgresError::WrongSlot { .. }
+            | PostgresError::SlotInvalidated { .. }
+            | PostgresError::Decode { .. }
             | PostgresError::UnknownPosition { .. } => Retry::Fatal,
         }
     }
@@ -73,6 +129,25 @@ fn classify(error: &tokio_postgres::Error) -> Retry {
             "08" | "40" | "53" | "55" | "57" | "58" => Retry::Transient,
             _ => Retry::Fatal,
         },
+    }
+}
+
+/// I/O trouble and a busy slot are transient; a refused login, TLS or protocol failure, and
+/// server errors outside the transient SQLSTATE classes are fatal.
+fn classify_replication(error: &pgwire_replication::PgWireError) -> Retry {
+    use pgwire_replication::PgWireError as E;
+    match error {
+        E::Io(_) | E::Task(_) => Retry::Transient,
+        E::Server(text) => {
+            let class = text
+                .rsplit_once("(SQLSTATE ")
+                .map(|(_, code)| code.trim_end_matches(')').get(..2).unwrap_or_default());
+            match class {
+                Some("08" | "40" | "53" | "55" | "57" | "58") => Retry::Transient,
+                _ => Retry::Fatal,
+            }
+        }
+        _ => Retry::Fatal,
     }
 }
 

@@ -273,6 +273,8 @@ impl PollSource {
             fields: Fields::new(Arc::clone(&self.names), values),
             payload,
             payload_kind: self.table.payload_kind,
+            headers: Vec::new(),
+            defect: None,
         }
     }
 

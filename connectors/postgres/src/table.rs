@@ -133,13 +133,14 @@ pub struct OutboxTable {
 }
 
 impl OutboxTable {
-    /// Loads the table and checks that it has the id, payload and `seq` columns and the trigger
-    /// that stamps `seq`.
+    /// Loads the table and checks that it has the id and payload columns and, when `polled`,
+    /// the `seq` column and the trigger that stamps it (WAL tailing needs neither).
     pub async fn inspect(
         session: &Session,
         name: TableName,
         id_column: &str,
         payload_column: &str,
+        polled: bool,
     ) -> Result<Self, PostgresError> {
         let shape = TableShape::load(session, &name).await?;
         let missing = |column: &str, hint: &'static str| PostgresError::MissingColumn {
@@ -150,24 +151,26 @@ impl OutboxTable {
         if shape.column_type(id_column).is_none() {
             return Err(missing(id_column, "set source.id_column to the entry id column"));
         }
-        if shape.column_type(SEQ_COLUMN).is_none() {
-            return Err(missing(
-                SEQ_COLUMN,
-                "run `outbox-relay migrate`, which adds the relay's ordering column and trigger",
-            ));
-        }
-        let triggers = session
-            .timed(
-                "looking for the seq trigger",
-                session.client().query(
-                    "select 1 from pg_trigger where tgrelid = to_regclass($1) \
-                     and tgname = 'outbox_relay_stamp_seq' and tgenabled <> 'D'",
-                    &[&name.quoted()],
-                ),
-            )
-            .await?;
-        if triggers.is_empty() {
-            return Err(PostgresError::MissingSeqTrigger { table: name.to_string() });
+        if polled {
+            if shape.column_type(SEQ_COLUMN).is_none() {
+                return Err(missing(
+                    SEQ_COLUMN,
+                    "run `outbox-relay migrate`, which adds the relay's ordering column and trigger",
+                ));
+            }
+            let triggers = session
+                .timed(
+                    "looking for the seq trigger",
+                    session.client().query(
+                        "select 1 from pg_trigger where tgrelid = to_regclass($1) \
+                         and tgname = 'outbox_relay_stamp_seq' and tgenabled <> 'D'",
+                        &[&name.quoted()],
+                    ),
+                )
+                .await?;
+            if triggers.is_empty() {
+                return Err(PostgresError::MissingSeqTrigger { table: name.to_string() });
+            }
         }
         let payload_type = shape
             .column_type(payload_column)

@@ -1,0 +1,482 @@
+//! WAL tailing: committed outbox entries from logical replication (`pgoutput`).
+//!
+//! # Progress rules
+//! - With the (non-streaming) `pgoutput` protocol the server sends a transaction only once it
+//!   committed, between Begin and Commit; rolled-back transactions never arrive. So entries are
+//!   released as they arrive — a million-row transaction streams through the pipeline's bounded
+//!   window — and each gets the position (commit LSN from Begin, index in the transaction).
+//! - The flush position reported to the server (`confirmed_flush_lsn`) is only ever the commit
+//!   `end_lsn` of a transaction whose Commit arrived and whose every entry was acknowledged (the
+//!   pipeline acknowledges contiguous prefixes only). A restart therefore replays at most the
+//!   transactions that were not finished, never skips one.
+//! - When nothing is pending — no open transaction, nothing unacknowledged — a keepalive or a
+//!   heartbeat message moves the flush position to what the server has sent, so an idle outbox
+//!   does not hold WAL back.
+//!
+//! # Entries
+//! Inserts into the outbox table (Update, Delete and Truncate are ignored: apps may delete the
+//! row in the same transaction), and transactional `pg_logical_emit_message` calls with the
+//! configured prefix — a table-less outbox (see [`MessageFormat`]).
+
+mod pgoutput;
+mod progress;
+mod slot;
+mod stream;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use outbox_relay_core::{
+    ConnectorError, Entry, Fields, Header, Lsn, PayloadKind, Position, Source,
+};
+use tokio::time::Instant;
+use tokio_postgres::Statement;
+
+pub use pgoutput::DecodeError;
+pub use slot::{
+    check_publication, check_slot, check_wal_level, emit_heartbeat, ensure_publication,
+    ensure_slot, status_interval, SlotState,
+};
+
+use crate::wal::pgoutput::{Change, Relation, Value};
+use crate::wal::progress::Progress;
+use crate::wal::stream::{Event, ReplicationStream, StreamOptions};
+use crate::{quote_ident, OutboxTable, PostgresError, Session};
+
+/// Type OIDs that decide how a payload's text is turned into bytes.
+const JSONB_OID: u32 = 3802;
+const JSON_OID: u32 = 114;
+const BYTEA_OID: u32 = 17;
+/// How long a clean stop waits for the server to hear the last flush position.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+/// Replication events buffered between the socket and the source.
+const STREAM_BUFFER: usize = 4096;
+
+/// How a logical message's content becomes an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageFormat {
+    /// A JSON object `{"id"?, "aggregatetype", "aggregateid", "type", "payload", "headers"?}`:
+    /// the fields are available to routing templates, `payload` (any JSON) is the body,
+    /// `headers` (string values) are sent as headers, `id` defaults to the message's LSN.
+    Envelope,
+    /// The content is the body as it is; routing comes from config alone (`${prefix}`, `${id}`).
+    Raw,
+}
+
+/// What happens to an outbox row once its message was confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalAfterPublish {
+    /// Leave the row: the app deletes it (e.g. in the same transaction) or keeps it.
+    Keep,
+    /// Delete it by id, so the table stays small without the app's help.
+    Delete,
+}
+
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    pub slot: String,
+    pub publication: String,
+    /// Logical messages with this prefix are outbox entries; `None` ignores messages.
+    pub message_prefix: Option<String>,
+    pub message_format: MessageFormat,
+    /// Prefix of the relay's own heartbeat messages.
+    pub heartbeat_prefix: String,
+    /// Emit a heartbeat this often (`None`: never).
+    pub heartbeat_interval: Option<Duration>,
+    pub after_publish: WalAfterPublish,
+    /// Standby status period (see [`status_interval`]).
+    pub status_interval: Duration,
+    pub connect_timeout: Duration,
+    pub application_name: String,
+}
+
+/// How to turn inserts into one relation into entries (`None` if it is not the outbox).
+#[derive(Debug)]
+struct Shape {
+    names: Arc<[Arc<str>]>,
+    /// For each field, the index of its column.
+    field_columns: Vec<usize>,
+    id_field: usize,
+    payload_column: usize,
+    payload_kind: PayloadKind,
+}
+
+#[derive(Debug)]
+pub struct WalSource {
+    stream: Option<ReplicationStream>,
+    /// The leader session: heartbeats and deletes.
+    session: Session,
+    table: Option<OutboxTable>,
+    options: WalOptions,
+    relations: HashMap<u32, Option<Shape>>,
+    progress: Progress,
+    peeked: Option<Event>,
+    next_heartbeat: Option<Instant>,
+    /// `after_publish = delete`: ids of emitted table rows, and the statement that deletes them.
+    to_delete: VecDeque<(Position, String)>,
+    delete: Option<Statement>,
+}
+
+impl WalSource {
+    /// Checks the server's prerequisites and starts streaming from the slot's confirmed flush
+    /// position. `session` should be the leader session.
+    pub async fn start(
+        url: &str,
+        session: Session,
+        table: Option<OutboxTable>,
+        options: WalOptions,
+    ) -> Result<Self, PostgresError> {
+        check_wal_level(&session).await?;
+        check_publication(&session, &options.publication, table.as_ref().map(|t| &t.name)).await?;
+        let slot = check_slot(&session, &options.slot).await?;
+        let delete = match (&table, options.after_publish) {
+            (Some(table), WalAfterPublish::Delete) => {
+                let id_type = table.shape.column_type(&table.id_column).expect("inspected");
+                let sql = format!(
+                    "delete from {} where {} = any($1::text[]::{id_type}[])",
+                    table.name.quoted(),
+                    quote_ident(&table.id_column)
+                );
+                Some(session.prepare(&sql).await?)
+            }
+            _ => None,
+        };
+        let stream_options = StreamOptions {
+            slot: options.slot.clone(),
+            publication: options.publication.clone(),
+            start: slot.confirmed_flush,
+            status_interval: options.status_interval,
+            connect_timeout: options.connect_timeout,
+            application_name: options.application_name.clone(),
+            buffer: STREAM_BUFFER,
+        };
+        let stream = ReplicationStream::open(url, &stream_options).await?;
+        tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, "streaming changes");
+        let next_heartbeat = options.heartbeat_interval.map(|every| Instant::now() + every);
+        Ok(Self {
+            stream: Some(stream),
+            session,
+            table,
+            options,
+            relations: HashMap::new(),
+            progress: Progress::new(slot.confirmed_flush),
+            peeked: None,
+            next_heartbeat,
+            to_delete: VecDeque::new(),
+            delete,
+        })
+    }
+
+    fn stream(&mut self) -> &mut ReplicationStream {
+        self.stream.as_mut().expect("open until close")
+    }
+
+    fn handle(&mut self, event: Event, out: &mut Vec<Entry>) -> Result<(), PostgresError> {
+        match event {
+            Event::Begin { commit_lsn } => self.progress.begin(commit_lsn),
+            Event::Change(data) => {
+                match pgoutput::decode(&data).map_err(|source| PostgresError::Decode { source })? {
+                    Change::Relation(relation) => {
+                        let shape = self.shape_of(&relation);
+                        self.relations.insert(relation.oid, shape);
+                    }
+                    Change::Insert { relation, values } => {
+                        let shape =
+                            self.relations.get(&relation).ok_or_else(|| PostgresError::Decode {
+                                source: DecodeError::unknown_relation(relation),
+                            })?;
+                        if let Some(shape) = shape {
+                            let entry = row_entry(shape, values);
+                            self.emit(entry, true, out);
+                        }
+                    }
+                    Change::Other(_) => {}
+                }
+            }
+            Event::Message { transactional, lsn, prefix, content } => {
+                if prefix == self.options.heartbeat_prefix {
+                    if !transactional {
+                        let reached = self.progress.idle(lsn);
+                        self.report(reached);
+                    }
+                } else if self.options.message_prefix.as_deref() == Some(prefix.as_str()) {
+                    if transactional && self.progress.in_transaction() {
+                        let entry =
+                            message_entry(self.options.message_format, lsn, &prefix, content);
+                        self.emit(entry, false, out);
+                    } else {
+                        tracing::warn!(%lsn, prefix = %prefix, "ignoring a non-transactional outbox message: use pg_logical_emit_message(true, ...)");
+                    }
+                }
+            }
+            Event::Commit { end_lsn } => {
+                let reached = self.progress.commit(end_lsn);
+                self.report(reached);
+            }
+            Event::KeepAlive { wal_end } => {
+                let reached = self.progress.idle(wal_end);
+                self.report(reached);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `entry` its position in the open transaction; `row` if it is an outbox row (which
+    /// `after_publish = delete` deletes once acknowledged).
+    fn emit(&mut self, mut entry: Entry, row: bool, out: &mut Vec<Entry>) {
+        let Some((commit_lsn, index)) = self.progress.next_entry() else { return };
+        entry.position = Position::Wal { commit_lsn, index };
+        if row && self.delete.is_some() && !entry.id.is_empty() {
+            self.to_delete.push_back((entry.position, entry.id.clone()));
+        }
+        out.push(entry);
+    }
+
+    /// The shape of inserts into `relation` if it is the outbox table.
+    fn shape_of(&self, relation: &Relation) -> Option<Shape> {
+        let table = self.table.as_ref()?;
+        if relation.namespace != table.name.schema || relation.name != table.name.name {
+            return None;
+        }
+        let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
+        let payload_column = position(&table.payload_column)?;
+        let field_columns: Vec<usize> =
+            (0..relation.columns.len()).filter(|i| *i != payload_column).collect();
+        let names: Arc<[Arc<str>]> =
+            field_columns.iter().map(|i| Arc::from(relation.columns[*i].name.as_str())).collect();
+        let id_field = names.iter().position(|n| **n == *table.id_column)?;
+        let payload_kind = match relation.columns[payload_column].type_oid {
+            JSONB_OID | JSON_OID => PayloadKind::Json,
+            BYTEA_OID => PayloadKind::Binary,
+            _ => PayloadKind::Text,
+        };
+        Some(Shape { names, field_columns, id_field, payload_column, payload_kind })
+    }
+
+    /// Hands a new flush position to the stream.
+    fn report(&mut self, reached: Option<Lsn>) {
+        if let Some(lsn) = reached {
+            self.stream().confirm(lsn);
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), PostgresError> {
+        if let Some(every) = self.options.heartbeat_interval {
+            emit_heartbeat(&self.session, &self.options.heartbeat_prefix).await?;
+            self.next_heartbeat = Some(Instant::now() + every);
+        }
+        Ok(())
+    }
+
+    async fn delete_acknowledged(&mut self, acked: (Lsn, u32)) -> Result<(), PostgresError> {
+        let Some(statement) = &self.delete else { return Ok(()) };
+        let mut ids = Vec::new();
+        while let Some((Position::Wal { commit_lsn, index }, _)) = self.to_delete.front() {
+            if (*commit_lsn, *index) > acked {
+                break;
+            }
+            ids.push(self.to_delete.pop_front().expect("front").1);
+        }
+        if !ids.is_empty() {
+            self.session
+                .timed(
+                    "deleting published outbox rows",
+                    self.session.client().execute(statement, &[&ids]),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Source for WalSource {
+    async fn ready(&mut self) -> Result<(), ConnectorError> {
+        if self.peeked.is_some() {
+            return Ok(());
+        }
+        let heartbeat_at = self.next_heartbeat;
+        tokio::select! {
+            event = self.stream().recv() => self.peeked = Some(event?),
+            () = tokio::time::sleep_until(heartbeat_at.unwrap_or_else(Instant::now)), if heartbeat_at.is_some() => {
+                self.heartbeat().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>, ConnectorError> {
+        let mut out = Vec::new();
+        if let Some(event) = self.peeked.take() {
+            self.handle(event, &mut out)?;
+        }
+        while out.len() < max {
+            match self.stream().try_recv() {
+                Some(event) => self.handle(event?, &mut out)?,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, upto: Position) -> Result<(), ConnectorError> {
+        let Position::Wal { commit_lsn, index } = upto else {
+            return Err(PostgresError::UnknownPosition { position: upto.to_string() }.into());
+        };
+        let reached = self.progress.ack(commit_lsn, index);
+        self.report(reached);
+        self.delete_acknowledged((commit_lsn, index)).await?;
+        Ok(())
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.progress.in_transaction() && self.peeked.is_none()
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        if let Some(stream) = self.stream.take() {
+            stream.close(self.progress.confirmed(), CLOSE_DEADLINE).await;
+        }
+        Ok(())
+    }
+}
+
+/// An entry from an outbox row (its position is set by [`WalSource::emit`]).
+fn row_entry(shape: &Shape, values: Vec<Value>) -> Entry {
+    let mut defect = None;
+    let mut text = |value: Option<&Value>| -> Option<String> {
+        match value? {
+            Value::Text(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) => Some(s.to_owned()),
+                Err(_) => {
+                    defect = Some("a column value is not valid UTF-8".to_owned());
+                    None
+                }
+            },
+            Value::Null | Value::Unchanged => None,
+        }
+    };
+    let fields: Vec<Option<String>> =
+        shape.field_columns.iter().map(|i| text(values.get(*i))).collect();
+    let payload = match values.get(shape.payload_column) {
+        Some(Value::Text(bytes)) if shape.payload_kind == PayloadKind::Binary => {
+            match pgoutput::bytea_from_text(bytes) {
+                Some(decoded) => Some(Bytes::from(decoded)),
+                None => {
+                    defect = Some("the bytea payload is not in hex format".into());
+                    None
+                }
+            }
+        }
+        Some(Value::Text(bytes)) => Some(bytes.clone()),
+        _ => None,
+    };
+    let id = fields[shape.id_field].clone().unwrap_or_default();
+    Entry {
+        position: Position::Wal { commit_lsn: Lsn(0), index: 0 },
+        id,
+        fields: Fields::new(Arc::clone(&shape.names), fields),
+        payload,
+        payload_kind: shape.payload_kind,
+        headers: Vec::new(),
+        defect,
+    }
+}
+
+/// Fields a logical message offers to routing templates.
+pub const MESSAGE_FIELDS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "type", "prefix"];
+
+/// An entry from a `pg_logical_emit_message` (its position is set by [`WalSource::emit`]).
+fn message_entry(format: MessageFormat, lsn: Lsn, prefix: &str, content: Bytes) -> Entry {
+    let names: Arc<[Arc<str>]> = MESSAGE_FIELDS.iter().map(|n| Arc::from(*n)).collect();
+    let fallback_id = format!("lsn:{lsn}");
+    let mut entry = Entry {
+        position: Position::Wal { commit_lsn: Lsn(0), index: 0 },
+        id: fallback_id.clone(),
+        fields: Fields::new(
+            Arc::clone(&names),
+            vec![Some(fallback_id.clone()), None, None, None, Some(prefix.to_owned())],
+        ),
+        payload: Some(content.clone()),
+        payload_kind: PayloadKind::Binary,
+        headers: Vec::new(),
+        defect: None,
+    };
+    if format == MessageFormat::Raw {
+        return entry;
+    }
+    match envelope(&content) {
+        Ok(envelope) => {
+            let id = envelope.id.unwrap_or(fallback_id);
+            entry.fields = Fields::new(
+                names,
+                vec![
+                    Some(id.clone()),
+                    envelope.aggregatetype,
+                    envelope.aggregateid,
+                    envelope.kind,
+                    Some(prefix.to_owned()),
+                ],
+            );
+            entry.id = id;
+            entry.payload = envelope.payload.map(Bytes::from);
+            entry.payload_kind = PayloadKind::Json;
+            entry.headers = envelope.headers;
+        }
+        Err(reason) => {
+            entry.defect = Some(format!("the logical message is not a JSON envelope: {reason}"));
+        }
+    }
+    entry
+}
+
+struct Envelope {
+    id: Option<String>,
+    aggregatetype: Option<String>,
+    aggregateid: Option<String>,
+    kind: Option<String>,
+    /// The `payload` member, serialized back to JSON text.
+    payload: Option<String>,
+    headers: Vec<Header>,
+}
+
+fn envelope(content: &[u8]) -> Result<Envelope, String> {
+    let value: serde_json::Value = serde_json::from_slice(content).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err("expected a JSON object".into());
+    };
+    let mut text = |key: &str| -> Result<Option<String>, String> {
+        match object.remove(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(format!("{key:?} must be a string, found {other}")),
+        }
+    };
+    let id = text("id")?;
+    let aggregatetype = text("aggregatetype")?;
+    let aggregateid = text("aggregateid")?;
+    let kind = text("type")?;
+    let payload = match object.remove("payload") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => Some(value.to_string()),
+    };
+    let headers = match object.remove("headers") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .map(|(name, value)| match value {
+                serde_json::Value::String(value) => {
+                    Ok(Header { name: Arc::from(name.as_str()), value })
+                }
+                other => Err(format!("header {name:?} must be a string, found {other}")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("\"headers\" must be an object, found {other}")),
+    };
+    Ok(Envelope { id, aggregatetype, aggregateid, kind, payload, headers })
+}
+
+#[cfg(test)]
+mod tests;

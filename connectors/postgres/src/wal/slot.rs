@@ -1,0 +1,221 @@
+//! What WAL tailing needs from the server: `wal_level = logical`, a publication that publishes
+//! inserts into the outbox table, and a `pgoutput` slot of this database. `run` checks them on
+//! every start; only `migrate` creates them.
+//!
+//! Invariant: a missing or invalidated slot is a fatal, explained error — never re-created
+//! behind the operator's back, because a new slot starts at "now" and would silently skip
+//! whatever was committed in between.
+
+use std::time::Duration;
+
+use outbox_relay_core::Lsn;
+
+use crate::{quote_ident, PostgresError, Session, TableName};
+
+/// The slot as `pg_replication_slots` shows it, once it passed the checks.
+#[derive(Clone, Debug)]
+pub struct SlotState {
+    /// Where streaming resumes.
+    pub confirmed_flush: Lsn,
+}
+
+pub async fn check_wal_level(session: &Session) -> Result<(), PostgresError> {
+    let level = show(session, "wal_level").await?;
+    if level != "logical" {
+        return Err(PostgresError::WalLevel { level });
+    }
+    Ok(())
+}
+
+/// The publication exists and publishes inserts of `table` (when there is an outbox table).
+pub async fn check_publication(
+    session: &Session,
+    publication: &str,
+    table: Option<&TableName>,
+) -> Result<(), PostgresError> {
+    let row = session
+        .timed(
+            "reading the publication",
+            session.client().query_opt(
+                "select pubinsert from pg_publication where pubname = $1",
+                &[&publication],
+            ),
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(PostgresError::MissingPublication { publication: publication.into() });
+    };
+    let Some(table) = table else { return Ok(()) };
+    let publishes_inserts: bool = row.get(0);
+    let listed = session
+        .timed(
+            "reading the publication's tables",
+            session.client().query_opt(
+                "select 1 from pg_publication_tables \
+                 where pubname = $1 and schemaname = $2 and tablename = $3",
+                &[&publication, &table.schema, &table.name],
+            ),
+        )
+        .await?
+        .is_some();
+    if !publishes_inserts || !listed {
+        return Err(PostgresError::PublicationLacksTable {
+            publication: publication.into(),
+            table: table.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The slot exists, is a `pgoutput` slot of this database, was not invalidated, and no other
+/// process holds it.
+pub async fn check_slot(session: &Session, slot: &str) -> Result<SlotState, PostgresError> {
+    let row = session
+        .timed(
+            "reading the replication slot",
+            session.client().query_opt(
+                "select plugin, slot_type, database = current_database(), active_pid, \
+                 wal_status, confirmed_flush_lsn::text \
+                 from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            ),
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(PostgresError::MissingSlot { slot: slot.into() });
+    };
+    let wrong = |problem: String| PostgresError::WrongSlot { slot: slot.into(), problem };
+    let plugin: Option<String> = row.get(0);
+    let kind: String = row.get(1);
+    let this_database: Option<bool> = row.get(2);
+    let active_pid: Option<i32> = row.get(3);
+    let wal_status: Option<String> = row.get(4);
+    let confirmed: Option<String> = row.get(5);
+    if kind != "logical" {
+        return Err(wrong(format!("is a {kind} slot")));
+    }
+    if plugin.as_deref() != Some("pgoutput") {
+        return Err(wrong(format!("uses plugin {plugin:?}, not pgoutput")));
+    }
+    if this_database != Some(true) {
+        return Err(wrong("belongs to another database".into()));
+    }
+    let confirmed_text = confirmed.unwrap_or_else(|| "0/0".into());
+    if wal_status.as_deref() == Some("lost") {
+        return Err(PostgresError::SlotInvalidated {
+            slot: slot.into(),
+            confirmed: confirmed_text,
+        });
+    }
+    if let Some(pid) = active_pid {
+        return Err(PostgresError::SlotInUse { slot: slot.into(), pid });
+    }
+    let confirmed_flush = confirmed_text
+        .parse()
+        .map_err(|_| wrong(format!("has an unreadable confirmed_flush_lsn {confirmed_text:?}")))?;
+    Ok(SlotState { confirmed_flush })
+}
+
+/// `min(1 s, wal_sender_timeout / 2)`: how often standby status must reach the server.
+pub async fn status_interval(session: &Session) -> Result<Duration, PostgresError> {
+    let row = session
+        .timed(
+            "reading wal_sender_timeout",
+            session.client().query_one(
+                "select setting::bigint from pg_settings where name = 'wal_sender_timeout'",
+                &[],
+            ),
+        )
+        .await?;
+    let timeout_ms: i64 = row.get(0);
+    let second = Duration::from_secs(1);
+    Ok(if timeout_ms <= 0 {
+        second
+    } else {
+        second.min(Duration::from_millis(timeout_ms as u64 / 2)).max(Duration::from_millis(100))
+    })
+}
+
+/// Creates the publication (inserts only) for `table`, or adds the table to it. Returns what was
+/// done, for `migrate`'s report.
+pub async fn ensure_publication(
+    session: &Session,
+    publication: &str,
+    table: Option<&TableName>,
+) -> Result<Option<String>, PostgresError> {
+    let exists = session
+        .timed(
+            "reading the publication",
+            session
+                .client()
+                .query_opt("select 1 from pg_publication where pubname = $1", &[&publication]),
+        )
+        .await?
+        .is_some();
+    let quoted = quote_ident(publication);
+    if !exists {
+        let target = table.map_or_else(String::new, |t| format!(" for table {}", t.quoted()));
+        let sql = format!("create publication {quoted}{target} with (publish = 'insert')");
+        session.timed("creating the publication", session.client().batch_execute(&sql)).await?;
+        return Ok(Some(format!("created publication {publication}")));
+    }
+    let Some(table) = table else { return Ok(None) };
+    if check_publication(session, publication, Some(table)).await.is_ok() {
+        return Ok(None);
+    }
+    let sql = format!("alter publication {quoted} add table {}", table.quoted());
+    session
+        .timed("adding the outbox table to the publication", session.client().batch_execute(&sql))
+        .await?;
+    Ok(Some(format!("added {table} to publication {publication}")))
+}
+
+/// Creates the `pgoutput` slot if it does not exist. Returns what was done.
+pub async fn ensure_slot(session: &Session, slot: &str) -> Result<Option<String>, PostgresError> {
+    let exists = session
+        .timed(
+            "reading the replication slot",
+            session
+                .client()
+                .query_opt("select 1 from pg_replication_slots where slot_name = $1", &[&slot]),
+        )
+        .await?
+        .is_some();
+    if exists {
+        return Ok(None);
+    }
+    let row = session
+        .timed(
+            "creating the replication slot",
+            session.client().query_one(
+                "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            ),
+        )
+        .await?;
+    let lsn: String = row.get(0);
+    Ok(Some(format!("created replication slot {slot} at {lsn}")))
+}
+
+/// A non-transactional logical message: it moves the slot forward on an otherwise idle database.
+pub async fn emit_heartbeat(session: &Session, prefix: &str) -> Result<(), PostgresError> {
+    session
+        .timed(
+            "emitting a heartbeat",
+            session.client().execute("select pg_logical_emit_message(false, $1, '')", &[&prefix]),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn show(session: &Session, setting: &str) -> Result<String, PostgresError> {
+    let row = session
+        .timed(
+            "reading a server setting",
+            session
+                .client()
+                .query_one("select setting from pg_settings where name = $1", &[&setting]),
+        )
+        .await?;
+    Ok(row.get(0))
+}
