@@ -16,7 +16,10 @@ stop_started() {
 trap stop_started EXIT
 source .services/env
 
-# Databases left by earlier runs (each test makes its own).
+# Slots and databases left by earlier runs (each test makes its own; slots pin WAL and keep
+# their database from being dropped).
+psql "$OUTBOX_RELAY_TEST_PG" -qAtX -c "select pg_drop_replication_slot(slot_name) from pg_replication_slots
+  where not active and (database like 't\_%' or slot_name like 'slot\_%')" >/dev/null
 psql "$OUTBOX_RELAY_TEST_PG" -AtX -c "select datname from pg_database where datname like 't\_%'" |
   while read -r db; do psql "$OUTBOX_RELAY_TEST_PG" -qX -c "drop database if exists \"$db\" with (force)"; done
 

@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod check;
+pub mod cluster;
 pub mod kafka;
 pub mod pg;
 pub mod rabbit;

@@ -30,6 +30,17 @@ pub struct Workload {
     pub table: String,
     /// `aggregatetype` of every row.
     pub aggregate_type: String,
+    /// How entries are written.
+    pub via: Via,
+}
+
+/// How the workload writes its outbox entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Rows in the outbox table.
+    Table,
+    /// `pg_logical_emit_message(true, 'outbox', <envelope>)`, no table.
+    Message,
 }
 
 impl Default for Workload {
@@ -42,6 +53,7 @@ impl Default for Workload {
             rollback_every: 17,
             table: "outbox".into(),
             aggregate_type: "order".into(),
+            via: Via::Table,
         }
     }
 }
@@ -53,7 +65,7 @@ pub struct Committed {
     pub versions: BTreeMap<String, u32>,
     pub ids: HashSet<String>,
     pub rolled_back_ids: HashSet<String>,
-    /// Committed transactions that committed after a transaction holding a higher `seq`.
+    /// Committed transactions that committed after a transaction holding a higher entry number.
     pub late_commits: usize,
     pub transactions: usize,
 }
@@ -73,9 +85,13 @@ struct Txn {
 /// Creates the aggregates table with `workload.keys` keys.
 pub async fn prepare(url: &str, workload: &Workload) {
     let client = connect(url).await;
+    // `workload_order` numbers entries in insertion order: held transactions draw a number and
+    // commit after others drew higher ones, which is what `late_commits` counts (for the poll
+    // source the same happens to `seq`; WAL tailing has no `seq`).
     client
         .batch_execute(
-            "create table if not exists aggregates (id text primary key, version int not null default 0)",
+            "create table if not exists aggregates (id text primary key, version int not null default 0); \
+             create sequence if not exists workload_order",
         )
         .await
         .unwrap();
@@ -138,13 +154,20 @@ async fn write(
 ) -> (Vec<String>, Vec<String>, Vec<Txn>) {
     let mut client = connect(url).await;
     let mut rng = StdRng::seed_from_u64(0x5EED + writer as u64);
-    let insert = format!(
-        "insert into {} (id, aggregatetype, aggregateid, type, payload) \
-         values (gen_random_uuid(), $1, $2, 'OrderUpdated', \
-                 jsonb_build_object('key', $2::text, 'version', $3::int, 'writer', $4::int)) \
-         returning id::text, seq",
-        workload.table
-    );
+    let insert = match workload.via {
+        Via::Table => format!(
+            "insert into {} (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), $1, $2, 'OrderUpdated', \
+                     jsonb_build_object('key', $2::text, 'version', $3::int, 'writer', $4::int)) \
+             returning id::text, nextval('workload_order')",
+            workload.table
+        ),
+        Via::Message => "select e.id, nextval('workload_order') from (select gen_random_uuid()::text id) e, \
+             lateral pg_logical_emit_message(true, 'outbox', jsonb_build_object( \
+                 'id', e.id, 'aggregatetype', $1::text, 'aggregateid', $2::text, 'type', 'OrderUpdated', \
+                 'payload', jsonb_build_object('key', $2::text, 'version', $3::int, 'writer', $4::int))::text)"
+            .to_owned(),
+    };
     let (mut ids, mut rolled_back, mut txns) = (Vec::new(), Vec::new(), Vec::new());
     let mut remaining = quota;
     let mut n_txn = 0usize;
