@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark (not a test: nothing here asserts a speed). Reports:
 #   1. drain: a backlog of $ROWS outbox rows (~200-byte JSON payloads, $KEYS keys) published by a
-#      release build of the relay to Kafka (tansu) and to RabbitMQ; rows/s until the outbox is
-#      empty, i.e. every row confirmed by the broker and deleted;
+#      release build of the relay, polling and WAL tailing, to Kafka (tansu) and to RabbitMQ;
+#      rows/s until the outbox is empty, i.e. every row confirmed by the broker and deleted;
 #   2. confirm latency p50/p99 from the relay's own histogram;
 #   3. what the relay's triggers cost the application: INSERT rate into the outbox (seq + NOTIFY
 #      triggers) against the same table without them.
@@ -43,14 +43,15 @@ quantile() { # q metrics-text -> seconds, from the histogram's cumulative bucket
     END { for (i = 1; i <= k; i++) if (n[i] >= q * total) { print b[i]; exit } }' <<<"$2"
 }
 
-drain() { # sink config-file
-  local sink=$1 config=$2
+drain() { # sink mode config-file
+  local sink=$1 mode=$2 config=$3
+  psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
   fresh_db
-  "$relay" --config "$config" migrate >/dev/null
+  OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" migrate >/dev/null
   fill "$ROWS"
   local start end metrics
   start=$(date +%s.%N)
-  "$relay" --config "$config" run >".services/bench-$sink.log" 2>&1 &
+  OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" run >".services/bench-$sink-$mode.log" 2>&1 &
   local pid=$!
   until [[ $(psql_q -c "select count(*) = 0 from outbox") == t ]]; do sleep 0.05; done
   end=$(date +%s.%N)
@@ -59,13 +60,15 @@ drain() { # sink config-file
   local secs rate
   secs=$(echo "$end - $start" | bc -l)
   rate=$(echo "$ROWS / $secs" | bc -l)
-  printf '%-9s %8d rows in %6.2f s = %8.0f rows/s   confirm latency p50 <= %ss, p99 <= %ss\n' \
-    "$sink" "$ROWS" "$secs" "$rate" "$(quantile 0.5 "$metrics")" "$(quantile 0.99 "$metrics")"
+  printf '%-9s %-5s %8d rows in %6.2f s = %8.0f rows/s   confirm latency p50 <= %ss, p99 <= %ss\n' \
+    "$sink" "$mode" "$ROWS" "$secs" "$rate" "$(quantile 0.5 "$metrics")" "$(quantile 0.99 "$metrics")"
 }
 
 common="
 [postgres]
 url = \"$db\"
+[source]
+slot = \"bench\"
 [telemetry]
 listen = \"127.0.0.1:$port\"
 log_level = \"warn\"
@@ -103,10 +106,15 @@ TOML
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; tansu: $OUTBOX_RELAY_TANSU"
 "$OUTBOX_RELAY_TANSU" topic delete bench.bench --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null 2>&1 || true
 "$OUTBOX_RELAY_TANSU" topic create bench.bench --partitions 12 --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null
-drain kafka .services/bench-kafka.toml
-for q in bench.1 bench.2; do rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true; done
-drain rabbitmq .services/bench-rabbitmq.toml
+for mode in poll wal; do
+  drain kafka "$mode" .services/bench-kafka.toml
+done
+for mode in poll wal; do
+  for q in bench.1 bench.2; do rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true; done
+  drain rabbitmq "$mode" .services/bench-rabbitmq.toml
+done
 for q in bench.1 bench.2; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
+psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
 
 # The app's side: the same INSERT with and without the relay's triggers.
 fresh_db

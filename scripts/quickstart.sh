@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Quickstart: the relay's main job end to end on this machine.
-#   scripts/quickstart.sh            Kafka (tansu on 127.0.0.1:9092)
-#   scripts/quickstart.sh rabbitmq   RabbitMQ (127.0.0.1:5672)
+#   scripts/quickstart.sh                  WAL tailing -> Kafka (tansu on 127.0.0.1:9092)
+#   scripts/quickstart.sh kafka poll       polling the outbox table -> Kafka
+#   scripts/quickstart.sh rabbitmq poll    polling -> RabbitMQ (127.0.0.1:5672)
 # Starts what is missing (scripts/services.sh), creates a fresh database "quickstart", applies the
-# relay's migrations, commits sample outbox rows, runs the relay with config/poll-<sink>.toml
-# (URLs overridden through OUTBOX_RELAY__... variables), prints what a consumer receives, and
-# stops the relay with SIGTERM. Services it started keep running: scripts/services.sh down.
+# relay's migrations, commits sample outbox rows (and, with WAL tailing, a table-less
+# pg_logical_emit_message entry and a rolled-back row), runs the relay with
+# config/<mode>-<sink>.toml (URLs overridden through OUTBOX_RELAY__... variables), prints what a
+# consumer receives, and stops the relay with SIGTERM. Services it started keep running:
+# scripts/services.sh down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sink=${1:-kafka}
-case $sink in kafka | rabbitmq) ;; *) echo "usage: $0 [kafka|rabbitmq]" >&2; exit 2 ;; esac
+mode=${2:-wal}
+case $sink-$mode in kafka-wal | kafka-poll | rabbitmq-poll) ;;
+  *) echo "usage: $0 [kafka [wal|poll] | rabbitmq poll]" >&2; exit 2 ;; esac
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -22,22 +27,30 @@ cargo build --quiet --locked --bin outbox-relay --example consume
 relay=target/debug/outbox-relay
 consume=target/debug/examples/consume
 
+psql "$OUTBOX_RELAY_TEST_PG" -qX -c "select pg_drop_replication_slot('quickstart') from pg_replication_slots where slot_name = 'quickstart'" >/dev/null
 psql "$OUTBOX_RELAY_TEST_PG" -qX -c "drop database if exists quickstart with (force)" -c "create database quickstart"
 export OUTBOX_RELAY__POSTGRES__URL=${OUTBOX_RELAY_TEST_PG%/*}/quickstart
+export OUTBOX_RELAY__SOURCE__SLOT=quickstart
 db=$OUTBOX_RELAY__POSTGRES__URL
-config=config/poll-$sink.toml
+config=config/$mode-$sink.toml
+expected=10
 if [[ $sink == kafka ]]; then
   export OUTBOX_RELAY__SINK__BROKERS=$OUTBOX_RELAY_TEST_KAFKA
   "$OUTBOX_RELAY_TANSU" topic delete outbox.event.order --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null 2>&1 || true
   "$OUTBOX_RELAY_TANSU" topic create outbox.event.order --partitions 3 --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null
-  consumer=("$consume" kafka "$OUTBOX_RELAY_TEST_KAFKA" outbox.event.order 10)
+  [[ $mode == wal ]] && expected=11
+  consumer=("$consume" kafka "$OUTBOX_RELAY_TEST_KAFKA" outbox.event.order "$expected")
 else
   export OUTBOX_RELAY__SINK__URL=$OUTBOX_RELAY_TEST_AMQP
   for q in orders.shard-1 orders.shard-2; do rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true; done
   consumer=("$consume" rabbitmq "$OUTBOX_RELAY_TEST_AMQP" orders.shard-1,orders.shard-2 10)
 fi
 
-step "outbox-relay migrate   (relay schema + Debezium-compatible outbox table)"
+if [[ $mode == wal ]]; then
+  step "outbox-relay migrate   (relay schema, Debezium-compatible outbox table, publication, slot)"
+else
+  step "outbox-relay migrate   (relay schema + Debezium-compatible outbox table)"
+fi
 "$relay" --config "$config" migrate
 
 step "outbox-relay check"
@@ -61,14 +74,27 @@ insert into outbox (id, aggregatetype, aggregateid, type, payload)
 insert into outbox (id, aggregatetype, aggregateid, type, payload) values
   (gen_random_uuid(), 'order', 'order-2', 'OrderDelivered', '{"order": 2}');
 SQL
-psql "$db" -X -c "select seq, aggregateid, type, payload from outbox order by seq"
+if [[ $mode == wal ]]; then
+  step "plus a table-less entry (pg_logical_emit_message) and a transaction that rolls back"
+  psql "$db" -qX <<'SQL'
+begin;
+select pg_logical_emit_message(true, 'outbox',
+  '{"aggregatetype": "order", "aggregateid": "order-3", "type": "OrderRefunded", "payload": {"order": 3}}');
+commit;
+begin;
+insert into outbox (id, aggregatetype, aggregateid, type, payload)
+  values (gen_random_uuid(), 'order', 'order-9', 'NeverHappened', '{}');
+rollback;
+SQL
+fi
+psql "$db" -X -c "select aggregateid, type, payload from outbox"
 
 step "outbox-relay run   (log: .services/quickstart-relay.log)"
 "$relay" --config "$config" run >.services/quickstart-relay.log 2>&1 &
 relay_pid=$!
 trap 'kill "$relay_pid" 2>/dev/null || true' EXIT
 
-step "a consumer prints what the relay delivered"
+step "a consumer prints what the relay delivered ($expected messages)"
 "${consumer[@]}"
 
 step "SIGTERM: the relay drains and exits 0"
@@ -77,4 +103,7 @@ wait "$relay_pid"
 trap - EXIT
 remaining=$(psql "$db" -AtX -c "select count(*) from outbox")
 echo "rows left in the outbox: $remaining (each row is deleted only after the broker confirmed it)"
+if [[ $mode == wal ]]; then
+  psql "$db" -X -c "select slot_name, confirmed_flush_lsn, pg_current_wal_lsn() from pg_replication_slots where slot_name = 'quickstart'"
+fi
 [[ $remaining == 0 ]]
