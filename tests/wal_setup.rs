@@ -191,3 +191,29 @@ async fn a_slot_held_by_another_process_is_reported_and_taken_when_freed() {
     assert!(relay.wait(Duration::from_secs(30)).await.success());
     let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_logical_message_halts_naming_it() {
+    let db = fresh_database("wal_badmsg").await;
+    let (slot, prefix) = (unique("slot"), unique("badmsg"));
+    create_topic(&services().kafka, &format!("{prefix}.order"), 1).await;
+    let config = config(&db, &slot, &prefix);
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let lsn: String = client
+        .query_one("select pg_logical_emit_message(true, 'outbox', 'this is not json')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut relay = Relay::spawn(&config);
+    let status = relay.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1));
+    let log = relay.log();
+    assert!(
+        log.contains("halted on poison message: entry \"lsn:")
+            && log.contains("the logical message is not a JSON envelope"),
+        "the halt names the message (emitted before {lsn}) and why:\n{log}"
+    );
+    let admin = connect(&services().pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+}
