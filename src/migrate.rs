@@ -15,11 +15,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "relay_state",
-    sql: include_str!("../migrations/0001_relay_state.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "relay_state",
+        sql: include_str!("../migrations/0001_relay_state.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "consumer_inbox",
+        sql: include_str!("../migrations/0002_consumer_inbox.sql"),
+    },
+];
 
 /// What `migrate` did.
 #[derive(Debug, Default)]
