@@ -132,3 +132,49 @@ async fn mark_mode_keeps_published_rows_until_their_retention_ends() {
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(30)).await.success());
 }
+
+/// More late rows than one read takes: the rest are read on the next polls, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_transaction_larger_than_a_batch_is_read_in_full() {
+    let db = fresh_database("late_big").await;
+    let prefix = unique("latebig");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = config(&db, &prefix, "batch_size = 10");
+    migrate(&config).await;
+    let mut relay = Relay::spawn(&config);
+
+    // T1 draws seq 1..=50 and stays open; T2 draws 51 and commits first.
+    let mut held = connect(&db).await;
+    let t1 = held.transaction().await.unwrap();
+    t1.execute(
+        "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+         select gen_random_uuid(), 'order', 'held', 'T', jsonb_build_object('n', i) \
+         from generate_series(1, 50) i",
+        &[],
+    )
+    .await
+    .unwrap();
+    let client = connect(&db).await;
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), 'order', 'early', 'T', '{\"n\": 51}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let client = &client;
+    wait_for("the later commit to be published", Duration::from_secs(30), || async move {
+        count(client, "select count(*) from outbox where aggregateid = 'early'").await == 0
+    })
+    .await;
+    t1.commit().await.unwrap();
+    wait_for("all 50 late rows published", Duration::from_secs(30), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    assert_eq!(delivered(&topic).await.len(), 51);
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}

@@ -81,9 +81,13 @@ impl Holes {
     }
 
     /// Forgets the holes that no transaction can fill any more, given the `xmin` of a snapshot in
-    /// which they were just read and not found (see the module docs).
-    pub(crate) fn forget_settled(&mut self, xmin: u64) {
-        self.by_lo.retain(|_, hole| hole.bound.is_none_or(|bound| bound > xmin));
+    /// which they were just read and not found (see the module docs). `scanned_to`: the read was
+    /// cut off after this value, so only holes wholly at or below it were read; `None`: all were.
+    pub(crate) fn forget_settled(&mut self, xmin: u64, scanned_to: Option<i64>) {
+        self.by_lo.retain(|_, hole| {
+            let read_whole = scanned_to.is_none_or(|last| hole.hi <= last);
+            !read_whole || hole.bound.is_none_or(|bound| bound > xmin)
+        });
     }
 
     /// Inclusive bounds of every range, for `unnest($lo, $hi)`.
@@ -139,20 +143,20 @@ mod tests {
     fn a_hole_is_forgotten_only_once_every_transaction_below_its_bound_ended() {
         let mut holes = Holes::default();
         holes.record_read(0, &[3]); // hole 1..=2
-        holes.forget_settled(u64::MAX);
+        holes.forget_settled(u64::MAX, None);
         assert_eq!(ranges(&holes), vec![(1, 2)], "without a bound a hole is never forgotten");
         assert!(holes.needs_bound());
         holes.bound_with(100);
         holes.record_read(3, &[6]); // hole 4..=5, bounded later
         holes.bound_with(120);
         assert!(!holes.needs_bound());
-        holes.forget_settled(99);
+        holes.forget_settled(99, None);
         assert_eq!(ranges(&holes), vec![(1, 2), (4, 5)], "xid 99 may still fill either");
-        holes.forget_settled(100);
+        holes.forget_settled(100, None);
         assert_eq!(ranges(&holes), vec![(4, 5)], "all xids < 100 ended");
-        holes.forget_settled(119);
+        holes.forget_settled(119, None);
         assert_eq!(ranges(&holes), vec![(4, 5)]);
-        holes.forget_settled(120);
+        holes.forget_settled(120, None);
         assert!(holes.is_empty());
     }
 
@@ -163,7 +167,23 @@ mod tests {
         holes.bound_with(50);
         holes.fill(5);
         holes.record_read(10, &[12]); // new hole 11, unbounded
-        holes.forget_settled(50);
+        holes.forget_settled(50, None);
         assert_eq!(ranges(&holes), vec![(11, 11)]);
+    }
+
+    /// A read cut off by its limit did not look at the holes past its last row: those stay,
+    /// however settled their bound says they are.
+    #[test]
+    fn holes_past_a_cut_read_are_kept() {
+        let mut holes = Holes::default();
+        holes.record_read(0, &[1501]); // 1..=1500 missing
+        holes.bound_with(10);
+        for seq in 1..=1000 {
+            holes.fill(seq); // the late read returned 1..=1000, then hit its limit
+        }
+        holes.forget_settled(10, Some(1000));
+        assert_eq!(ranges(&holes), vec![(1001, 1500)], "rows 1001..=1500 are still to be read");
+        holes.forget_settled(10, None);
+        assert!(holes.is_empty(), "once read in full, the settled hole goes");
     }
 }

@@ -35,6 +35,8 @@ const CLEANUP_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 const CLEANUP_CHUNK: i64 = 10_000;
 /// Least time between xids drawn to bound holes (each one consumes an xid).
 const BOUND_EVERY: Duration = Duration::from_secs(1);
+/// Watched hole ranges beyond which the source warns (each is re-read on every poll).
+const HOLE_RANGES_WARN: usize = 10_000;
 
 /// What happens to a row once the broker confirmed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,7 @@ pub struct PollSource {
     more: bool,
     last_cleanup: Instant,
     last_bound: Option<Instant>,
+    warned_holes: bool,
 }
 
 #[derive(Debug)]
@@ -169,6 +172,7 @@ impl PollSource {
             more: true,
             last_cleanup: Instant::now(),
             last_bound: None,
+            warned_holes: false,
         })
     }
 
@@ -209,7 +213,18 @@ impl PollSource {
             for row in &late {
                 self.holes.fill(row.get(0));
             }
-            self.holes.forget_settled(xmin);
+            // A cut read saw the holes only up to its last row.
+            let scanned_to = late_cut.then(|| late.last().map(|r| r.get::<_, i64>(0))).flatten();
+            self.holes.forget_settled(xmin, scanned_to);
+            if self.holes.ranges() > HOLE_RANGES_WARN && !self.warned_holes {
+                self.warned_holes = true;
+                tracing::warn!(
+                    ranges = self.holes.ranges(),
+                    xmin,
+                    "many skipped seq ranges are watched: a long-running transaction holds back \
+                     xmin, so they cannot be settled (check pg_stat_activity)"
+                );
+            }
             rows = late;
         }
         // When late rows were cut short, newer rows wait: one of the rows left behind may
