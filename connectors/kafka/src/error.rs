@@ -42,6 +42,10 @@ pub enum KafkaSinkError {
         "librdkafka's local queue stayed full for {after:?}; message {id} was not handed over"
     )]
     QueueFull { id: String, after: std::time::Duration },
+    #[error("the Kafka producer failed ({reason}); message {id} waits for the messages before it")]
+    ProducerFailed { id: String, reason: String },
+    #[error("Kafka topic {topic:?} is not ready ({why})")]
+    TopicNotReady { topic: String, why: String },
 }
 
 impl KafkaSinkError {
@@ -54,7 +58,10 @@ impl KafkaSinkError {
             KafkaSinkError::Metadata { source, .. }
             | KafkaSinkError::Unreachable { source, .. }
             | KafkaSinkError::Produce { source, .. } => classify(source),
-            KafkaSinkError::Canceled { .. } | KafkaSinkError::QueueFull { .. } => Retry::Transient,
+            KafkaSinkError::Canceled { .. }
+            | KafkaSinkError::QueueFull { .. }
+            | KafkaSinkError::ProducerFailed { .. }
+            | KafkaSinkError::TopicNotReady { .. } => Retry::Transient,
         }
     }
 }

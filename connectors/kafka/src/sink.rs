@@ -48,6 +48,13 @@ pub struct ClusterInfo {
     pub topics: Vec<String>,
 }
 
+/// What the cluster says of a topic.
+enum TopicState {
+    Ready,
+    Unknown,
+    NotReady(String),
+}
+
 pub struct KafkaSink {
     options: KafkaOptions,
     producer: FutureProducer<RelayContext>,
@@ -93,14 +100,20 @@ impl KafkaSink {
         let producer = self.producer.clone();
         let timeout = self.options.metadata_timeout;
         let name = topic.to_owned();
-        let found = tokio::task::spawn_blocking(move || {
+        let state = tokio::task::spawn_blocking(move || {
             let metadata = producer.client().fetch_metadata(Some(&name), timeout)?;
-            Ok::<_, KafkaError>(
-                metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()),
-            )
+            let topic = metadata.topics().iter().find(|t| t.name() == name);
+            Ok::<_, KafkaError>(match topic {
+                None => TopicState::Unknown,
+                Some(t) => match t.error().map(RDKafkaErrorCode::from) {
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition) => TopicState::Unknown,
+                    Some(code) => TopicState::NotReady(format!("{code:?}")),
+                    None if t.partitions().is_empty() => {
+                        TopicState::NotReady("no partitions".into())
+                    }
+                    None => TopicState::Ready,
+                },
+            })
         })
         .await
         .expect("metadata task does not panic")
@@ -108,8 +121,15 @@ impl KafkaSink {
             topic: topic.into(),
             source: Box::new(source),
         })?;
-        if !found {
-            return Err(KafkaSinkError::UnknownTopic { topic: topic.into() });
+        match state {
+            TopicState::Ready => {}
+            TopicState::Unknown => {
+                return Err(KafkaSinkError::UnknownTopic { topic: topic.into() })
+            }
+            // Leaders moving, a broker still loading: wait and retry.
+            TopicState::NotReady(why) => {
+                return Err(KafkaSinkError::TopicNotReady { topic: topic.into(), why })
+            }
         }
         if self.known_topics.len() >= KNOWN_TOPICS_MAX {
             self.known_topics.clear();
@@ -118,13 +138,17 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// A producer in a fatal state (e.g. a gapless-guarantee violation) cannot send again; the
-    /// engine re-sends everything unconfirmed after a failure, so a fresh producer is safe here.
-    fn renew_if_fatal(&mut self) -> Result<(), KafkaSinkError> {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            tracing::warn!(?code, reason = %reason, "Kafka producer hit a fatal error; starting a new one");
-            self.producer = producer(&self.options)?;
+    /// A producer in a fatal state (e.g. a gapless-guarantee violation) cannot send again. While
+    /// it still holds messages, sending on a fresh producer could overtake them: fail instead, so
+    /// the engine waits for every confirm and re-sends in order — by then nothing is in flight
+    /// and the producer is replaced.
+    fn renew_if_fatal(&mut self, id: &str) -> Result<(), KafkaSinkError> {
+        let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
+        if self.producer.in_flight_count() > 0 {
+            return Err(KafkaSinkError::ProducerFailed { id: id.into(), reason });
         }
+        tracing::warn!(?code, reason = %reason, "Kafka producer hit a fatal error; starting a new one");
+        self.producer = producer(&self.options)?;
         Ok(())
     }
 }
@@ -140,7 +164,7 @@ impl Sink for KafkaSink {
             }
             .into());
         }
-        self.renew_if_fatal()?;
+        self.renew_if_fatal(&message.id)?;
         self.ensure_topic(&message.destination).await?;
 
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
