@@ -66,6 +66,15 @@ pub enum RabbitSinkError {
     Nacked { id: String },
     #[error("RabbitMQ channel of lane {lane} is closed")]
     ChannelClosed { lane: usize },
+    #[error("the connection to RabbitMQ at {target} was lost")]
+    ConnectionLost { target: String },
+    #[error("no confirm for message {id} to exchange {exchange:?}: its channel closed")]
+    ConfirmLost {
+        id: String,
+        exchange: String,
+        #[source]
+        source: Box<lapin::Error>,
+    },
 }
 
 impl RabbitSinkError {
@@ -86,7 +95,11 @@ impl RabbitSinkError {
             RabbitSinkError::ConnectTimeout { .. }
             | RabbitSinkError::Timeout { .. }
             | RabbitSinkError::Nacked { .. }
-            | RabbitSinkError::ChannelClosed { .. } => Retry::Transient,
+            | RabbitSinkError::ChannelClosed { .. }
+            | RabbitSinkError::ConnectionLost { .. }
+            // A closed channel fails every confirm on it, whichever message caused it; the
+            // re-send finds the real culprit (a missing exchange is checked before publishing).
+            | RabbitSinkError::ConfirmLost { .. } => Retry::Transient,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The RabbitMQ sink proper. Invariant: a message's lane is a pure function of its key, and a
-//! broken connection is rebuilt only from `send`, which the engine calls again only after every
-//! confirm of the old connection has resolved.
+//! broken connection is never replaced within a burst: the send that finds it broken fails, and
+//! only a later send — after the engine saw every confirm of the old connection resolve —
+//! connects again.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -98,19 +99,25 @@ impl RabbitSink {
         self.connection().await?.ensure_exchange(exchange, timeout).await
     }
 
+    /// The live connection, connecting if there is none. A connection found broken is dropped
+    /// and reported, not replaced in the same call: messages sent on it may still have confirms
+    /// outstanding, and sending on a new one now could overtake them. The engine re-sends after
+    /// every old confirm resolved, and that send connects afresh.
     async fn connection(&mut self) -> Result<&mut Connected, RabbitSinkError> {
-        let healthy = self.connected.as_ref().is_some_and(|c| {
-            c.connection.status().connected() && c.lanes.iter().all(|l| l.status().connected())
-        });
-        if !healthy {
-            if let Some(old) = self.connected.take() {
-                tracing::info!(target = %self.target, "reconnecting to RabbitMQ");
+        if let Some(old) = &self.connected {
+            let healthy = old.connection.status().connected()
+                && old.lanes.iter().all(|l| l.status().connected());
+            if !healthy {
+                let old = self.connected.take().expect("checked");
+                tracing::info!(target = %self.target, "RabbitMQ connection lost; reconnecting on the next attempt");
                 let closing = old.connection.close(200, "reconnecting".into());
                 let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+                return Err(RabbitSinkError::ConnectionLost { target: self.target.clone() });
             }
+        } else {
             self.connected = Some(self.connect().await?);
         }
-        Ok(self.connected.as_mut().expect("just connected"))
+        Ok(self.connected.as_mut().expect("connected"))
     }
 
     async fn connect(&self) -> Result<Connected, RabbitSinkError> {
@@ -269,7 +276,8 @@ impl Sink for RabbitSink {
                     Err(RabbitSinkError::Nacked { id }.into())
                 }
                 Err(source) => {
-                    Err(RabbitSinkError::Publish { id, exchange, source: Box::new(source) }.into())
+                    Err(RabbitSinkError::ConfirmLost { id, exchange, source: Box::new(source) }
+                        .into())
                 }
             }
         }))
