@@ -424,3 +424,67 @@ async fn a_schema_change_mid_stream_is_followed() {
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
     drop_slot(&slot).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_outbox_is_still_followed_and_a_lost_payload_column_halts_without_loss() {
+    let db = fresh_database("wal_rename").await;
+    let (slot, prefix) = (unique("slot"), unique("wrn"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = config(&db, &slot, &kafka_sink(), &prefix, "after_publish = \"keep\"");
+    migrate(&config).await;
+    let mut relay = Relay::spawn(&config);
+    let client = connect(&db).await;
+    let insert = |table: &str| {
+        format!(
+            "insert into {table} (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), 'order', 'k', 'T', jsonb_build_object('n', i) \
+             from generate_series($1::int, $2::int) i"
+        )
+    };
+    client.execute(&insert("outbox"), &[&1, &10]).await.unwrap();
+    let relay_ref = &relay;
+    wait_for("10 rows acknowledged", Duration::from_secs(30), || async move {
+        relay_ref.metric("outbox_relay_entries_acknowledged_total").await.unwrap_or(0.0) >= 10.0
+    })
+    .await;
+    // Renamed while streaming: the same table (same OID), still published.
+    client.batch_execute("alter table outbox rename to outbox_renamed").await.unwrap();
+    client.execute(&insert("outbox_renamed"), &[&11, &20]).await.unwrap();
+    wait_for("20 rows acknowledged", Duration::from_secs(30), || async move {
+        relay_ref.metric("outbox_relay_entries_acknowledged_total").await.unwrap_or(0.0) >= 20.0
+    })
+    .await;
+    let acked_before: String =
+        client.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+
+    // The payload column renamed away: the relay must stop, not skip these rows.
+    client.batch_execute("alter table outbox_renamed rename column payload to body").await.unwrap();
+    client
+        .execute(
+            "insert into outbox_renamed (id, aggregatetype, aggregateid, type, body) \
+             values (gen_random_uuid(), 'order', 'k', 'T', '{\"n\": 21}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let status = relay.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        relay.log().contains("changed while streaming: it has no column \"payload\" any more"),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(read_all(&services().kafka, &topic).await[0].len(), 20);
+    let held: bool = client
+        .query_one(
+            "select confirmed_flush_lsn < pg_current_wal_lsn() and confirmed_flush_lsn <= $2::text::pg_lsn + 4096 \
+             from pg_replication_slots where slot_name = $1",
+            &[&slot, &acked_before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held, "the slot stays before the row it could not read");
+    drop_slot(&slot).await;
+}

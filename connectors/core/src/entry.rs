@@ -56,6 +56,11 @@ impl Fields {
     pub fn names(&self) -> &[Arc<str>] {
         &self.names
     }
+
+    /// Values in the order of [`Fields::names`].
+    pub fn values(&self) -> &[Option<String>] {
+        &self.values
+    }
 }
 
 /// One committed outbox entry, in the order its source emitted it.
@@ -96,13 +101,21 @@ pub struct Message {
     pub headers: Vec<Header>,
     pub payload: Option<Bytes>,
     pub payload_kind: PayloadKind,
+    /// The entry's columns, kept so a message set aside can be put back into the outbox.
+    pub fields: Fields,
+    /// This message may have been sent before (by a run that crashed, or before a failure in
+    /// this run): Kafka checks the partition for it, RabbitMQ marks it.
+    pub possible_replay: bool,
 }
 
 impl Message {
-    /// Bytes this message holds, for bounding what is in flight.
+    /// Bytes this message holds (payload, key, headers, kept columns), for bounding what is in
+    /// flight.
     pub fn size(&self) -> usize {
         let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-        self.id.len()
+        let fields: usize = self.fields.values().iter().flatten().map(String::len).sum();
+        fields
+            + self.id.len()
             + self.destination.len()
             + self.key.as_ref().map_or(0, String::len)
             + self.payload.as_ref().map_or(0, Bytes::len)

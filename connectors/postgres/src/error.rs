@@ -82,6 +82,12 @@ pub enum PostgresError {
     },
     #[error("the replication stream ended")]
     StreamEnded,
+    #[error(
+        "outbox table {table} changed while streaming: it has no column {column:?} any more; \
+         nothing after the change was acknowledged. Restore the column or set source.{setting}, \
+         then restart"
+    )]
+    OutboxChanged { table: String, column: String, setting: &'static str },
     #[error("undecodable replication data")]
     Decode {
         #[source]
@@ -114,6 +120,7 @@ impl PostgresError {
             | PostgresError::WrongSlot { .. }
             | PostgresError::SlotInvalidated { .. }
             | PostgresError::Decode { .. }
+            | PostgresError::OutboxChanged { .. }
             | PostgresError::UnknownPosition { .. } => Retry::Fatal,
         }
     }

@@ -99,6 +99,11 @@ impl Session {
         &self.client
     }
 
+    /// For transactions.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// `host:port/database`, without credentials, for messages.
     pub fn target(&self) -> &str {
         &self.target

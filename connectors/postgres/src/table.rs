@@ -126,6 +126,8 @@ impl TableShape {
 #[derive(Clone, Debug)]
 pub struct OutboxTable {
     pub name: TableName,
+    /// The table's OID: how WAL tailing recognises it, also after a rename.
+    pub oid: u32,
     pub shape: TableShape,
     pub id_column: String,
     pub payload_column: String,
@@ -176,7 +178,15 @@ impl OutboxTable {
             .column_type(payload_column)
             .ok_or_else(|| missing(payload_column, "set source.payload_column"))?;
         let payload_kind = payload_kind(payload_type);
+        let oid: u32 = session
+            .timed(
+                "reading the outbox table's oid",
+                session.client().query_one("select to_regclass($1)::oid", &[&name.quoted()]),
+            )
+            .await?
+            .get(0);
         Ok(Self {
+            oid,
             name,
             shape,
             id_column: id_column.into(),

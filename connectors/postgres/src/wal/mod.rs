@@ -179,7 +179,7 @@ impl WalSource {
             Event::Change(data) => {
                 match pgoutput::decode(&data).map_err(|source| PostgresError::Decode { source })? {
                     Change::Relation(relation) => {
-                        let shape = self.shape_of(&relation);
+                        let shape = self.shape_of(&relation)?;
                         self.relations.insert(relation.oid, shape);
                     }
                     Change::Insert { relation, values } => {
@@ -234,25 +234,35 @@ impl WalSource {
         out.push(entry);
     }
 
-    /// The shape of inserts into `relation` if it is the outbox table.
-    fn shape_of(&self, relation: &Relation) -> Option<Shape> {
-        let table = self.table.as_ref()?;
-        if relation.namespace != table.name.schema || relation.name != table.name.name {
-            return None;
-        }
+    /// The shape of inserts into `relation` if it is the outbox table (recognised by OID, so a
+    /// rename changes nothing). An outbox that lost its id or payload column is an error: its
+    /// inserts must not be taken for another table's and skipped.
+    fn shape_of(&self, relation: &Relation) -> Result<Option<Shape>, PostgresError> {
+        let Some(table) = self.table.as_ref().filter(|t| t.oid == relation.oid) else {
+            return Ok(None);
+        };
+        let changed = |column: &str, setting| PostgresError::OutboxChanged {
+            table: table.name.to_string(),
+            column: column.into(),
+            setting,
+        };
         let position = |name: &str| relation.columns.iter().position(|c| c.name == name);
-        let payload_column = position(&table.payload_column)?;
+        let payload_column = position(&table.payload_column)
+            .ok_or_else(|| changed(&table.payload_column, "payload_column"))?;
         let field_columns: Vec<usize> =
             (0..relation.columns.len()).filter(|i| *i != payload_column).collect();
         let names: Arc<[Arc<str>]> =
             field_columns.iter().map(|i| Arc::from(relation.columns[*i].name.as_str())).collect();
-        let id_field = names.iter().position(|n| **n == *table.id_column)?;
+        let id_field = names
+            .iter()
+            .position(|n| **n == *table.id_column)
+            .ok_or_else(|| changed(&table.id_column, "id_column"))?;
         let payload_kind = match relation.columns[payload_column].type_oid {
             JSONB_OID | JSON_OID => PayloadKind::Json,
             BYTEA_OID => PayloadKind::Binary,
             _ => PayloadKind::Text,
         };
-        Some(Shape { names, field_columns, id_field, payload_column, payload_kind })
+        Ok(Some(Shape { names, field_columns, id_field, payload_column, payload_kind }))
     }
 
     /// Hands a new flush position to the stream.
@@ -264,8 +274,9 @@ impl WalSource {
 
     async fn heartbeat(&mut self) -> Result<(), PostgresError> {
         if let Some(every) = self.options.heartbeat_interval {
-            emit_heartbeat(&self.session, &self.options.heartbeat_prefix).await?;
+            // Rescheduled first: `ready` may be dropped mid-query, and a repeat is not needed.
             self.next_heartbeat = Some(Instant::now() + every);
+            emit_heartbeat(&self.session, &self.options.heartbeat_prefix).await?;
         }
         Ok(())
     }
