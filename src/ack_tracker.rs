@@ -184,6 +184,8 @@ mod tests {
             headers: Vec::new(),
             payload: Some("0123456789".into()),
             payload_kind: PayloadKind::Json,
+            fields: Default::default(),
+            possible_replay: false,
         }
     }
 

@@ -28,4 +28,25 @@ pub(crate) enum Command {
     Migrate,
     /// Verify the config, connectivity to Postgres and the broker, and the outbox table.
     Check,
+    /// Show the pipeline: leader, state and last error, checkpoint, slot lag, backlog, dead
+    /// letters.
+    Status,
+    /// Entries set aside by `pipeline.on_poison = "dead-letter"`.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// List the live dead letters, oldest first, with their reasons.
+    List,
+    /// Put dead letters back into the outbox (in order) so the relay publishes them again.
+    Redrive {
+        /// Every live dead letter.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        all: bool,
+        /// This entry, and the entries of its key held behind it (repeatable).
+        #[arg(long, value_name = "ENTRY_ID")]
+        id: Vec<String>,
+    },
 }

@@ -5,6 +5,7 @@ mod ack_tracker;
 mod check;
 mod cli;
 mod config;
+mod dlq;
 mod error;
 mod leader;
 mod migrate;
@@ -13,12 +14,14 @@ mod relay;
 mod router;
 mod shutdown;
 mod sink;
+mod state;
+mod status;
 mod telemetry;
 
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DlqCommand};
 use crate::config::Config;
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +70,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Check => check::check(&config).await?,
+        Command::Status => status::status(&config).await?,
+        Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
+        Command::Dlq(DlqCommand::Redrive { all: _, id }) => {
+            let count = dlq::redrive(&config, &id).await?;
+            println!("put {count} dead letter(s) back into the outbox");
+        }
     }
     Ok(())
 }

@@ -26,6 +26,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "consumer_inbox",
         sql: include_str!("../migrations/0002_consumer_inbox.sql"),
     },
+    Migration {
+        version: 3,
+        name: "delivery_state",
+        sql: include_str!("../migrations/0003_delivery_state.sql"),
+    },
 ];
 
 /// What `migrate` did.

@@ -9,7 +9,8 @@
 //!   permanent or fatal → halt. A failed message is therefore never overtaken by a later message
 //!   sent after the failure was seen.
 //! - **Bounded**: at most `max_in_flight` messages and `max_in_flight_bytes` bytes are held
-//!   (one oversized message may pass alone); the source reads ahead by at most two batches.
+//!   (one oversized message may pass alone); the source reads ahead by at most three batches
+//!   (one being sent, one in the channel, one in the feed's hand).
 //!
 //! The source runs in its own task (`feed`) so acknowledgements keep flowing while reading waits
 //! on back-pressure, and the main loop never blocks on the database.
@@ -349,18 +350,10 @@ async fn feed<S: Source>(
             batches = None;
         }
         let reading = batches.is_some();
+        // Acknowledgements run on their timer and reads on readiness; a new acknowledged
+        // position only wakes an idle loop, so a stream of them cannot starve either.
         tokio::select! {
             biased;
-            changed = acks.changed() => {
-                if changed.is_err() {
-                    // The main loop is done: apply its final position, make it durable, stop.
-                    let last = *acks.borrow();
-                    if let Some(position) = last.filter(|_| last != acked) {
-                        source.ack(position).await?;
-                    }
-                    return source.close().await;
-                }
-            }
             () = sleep_until(next_ack), if ack_due => {
                 source.ack(wanted.expect("due")).await?;
                 acked = wanted;
@@ -376,6 +369,16 @@ async fn feed<S: Source>(
                 let read = source.next_batch(batch_size).await?;
                 if !read.is_empty() {
                     batch = Some(read);
+                }
+            }
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    // The main loop is done: apply its final position, make it durable, stop.
+                    let last = *acks.borrow();
+                    if let Some(position) = last.filter(|_| last != acked) {
+                        source.ack(position).await?;
+                    }
+                    return source.close().await;
                 }
             }
             () = stop_reading.cancelled(), if !stopping => {}

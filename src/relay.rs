@@ -1,6 +1,8 @@
 //! `outbox-relay run`: leadership, then the pipeline, rebuilt after transient failures until
-//! shutdown or a halt. Invariant: the sink outlives source restarts, so messages it still has in
-//! flight are confirmed (or failed) before anything is re-read and re-sent.
+//! shutdown or a halt. Invariant: the sink outlives source restarts; after a source failure the
+//! pipeline waits (up to `shutdown_grace`) for what is in flight before anything is re-read, and
+//! messages still unconfirmed then are simply sent again, after the older copies (duplicates at
+//! worst, never a reorder: both copies go out in the same order).
 
 use std::sync::Arc;
 

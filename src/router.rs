@@ -167,15 +167,19 @@ impl Router {
                 template.render(&entry).map_err(|r| poison(format!("header {name:?}: {r}")))?;
             headers.push(Header { name: Arc::clone(name), value });
         }
-        headers.extend(entry.headers);
+        let Entry { id, position, fields, payload, payload_kind, headers: extra, defect: _ } =
+            entry;
+        headers.extend(extra);
         Ok(Message {
-            id: entry.id,
-            position: entry.position,
+            id,
+            position,
             destination,
             key,
             headers,
-            payload: entry.payload,
-            payload_kind: entry.payload_kind,
+            payload,
+            payload_kind,
+            fields,
+            possible_replay: false,
         })
     }
 }

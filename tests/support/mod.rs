@@ -7,6 +7,7 @@ pub mod check;
 pub mod cluster;
 pub mod kafka;
 pub mod pg;
+pub mod proxy;
 pub mod rabbit;
 pub mod relay;
 pub mod workload;

@@ -1,0 +1,190 @@
+//! The relay's own records in Postgres (schema `outbox_relay`), on a session of their own.
+//!
+//! Invariants:
+//! - `max_sent` is written **before** a batch is handed to the broker and never lowered, so
+//!   every position a relay may ever have sent is at or below it. Read at start, it is the
+//!   *replay horizon*: messages at or below it may be replays of a run that crashed.
+//! - `acked` (the checkpoint) is only raised.
+//! - A dead letter is written (committed) before its entry is acknowledged, so an entry is
+//!   either delivered, set aside with its reason, or still at the source.
+
+use std::collections::HashSet;
+
+use outbox_relay_core::{Message, Position};
+use outbox_relay_postgres::{PostgresError, Session};
+
+use crate::config::Config;
+use crate::error::RelayError;
+
+#[derive(Debug)]
+pub(crate) struct RelayState {
+    session: Session,
+    pipeline: String,
+    horizon: Option<Position>,
+    max_sent: Option<Position>,
+    acked: Option<Position>,
+    state: Option<String>,
+}
+
+impl RelayState {
+    /// Connects and reads what the previous run left.
+    pub(crate) async fn open(config: &Config) -> Result<Self, RelayError> {
+        let session =
+            Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
+                .await?;
+        let pipeline = config.pipeline.name.clone();
+        let row = session
+            .timed(
+                "reading the pipeline's state (is `outbox-relay migrate` applied?)",
+                session.client().query_opt(
+                    "select max_sent, acked from outbox_relay.pipelines where name = $1",
+                    &[&pipeline],
+                ),
+            )
+            .await?;
+        let parse = |text: Option<String>| text.and_then(|t| t.parse::<Position>().ok());
+        let (max_sent, acked) = match row {
+            Some(row) => (parse(row.get(0)), parse(row.get(1))),
+            None => (None, None),
+        };
+        Ok(Self { session, pipeline, horizon: max_sent, max_sent, acked, state: None })
+    }
+
+    /// Messages at or below this position may have been sent by an earlier run.
+    pub(crate) fn replay_horizon(&self) -> Option<Position> {
+        self.horizon
+    }
+
+    /// Records, before sending, that positions up to `upto` may be sent.
+    pub(crate) async fn note_sending(&mut self, upto: Position) -> Result<(), PostgresError> {
+        if self.max_sent.is_some_and(|sent| same_kind(sent, upto) && sent >= upto) {
+            return Ok(());
+        }
+        self.write("recording what is being sent", "max_sent", upto).await?;
+        self.max_sent = Some(upto);
+        Ok(())
+    }
+
+    /// Records the checkpoint (the last acknowledged position).
+    pub(crate) async fn note_acked(&mut self, upto: Position) -> Result<(), PostgresError> {
+        if self.acked.is_some_and(|acked| same_kind(acked, upto) && acked >= upto) {
+            return Ok(());
+        }
+        self.write("recording the checkpoint", "acked", upto).await?;
+        self.acked = Some(upto);
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        what: &'static str,
+        column: &str,
+        position: Position,
+    ) -> Result<(), PostgresError> {
+        let sql = format!(
+            "update outbox_relay.pipelines set {column} = $2, updated_at = now() where name = $1"
+        );
+        self.session
+            .timed(
+                what,
+                self.session.client().execute(&sql, &[&self.pipeline, &position.to_string()]),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records what the relay is doing (on change only).
+    pub(crate) async fn note_state(
+        &mut self,
+        state: &str,
+        detail: Option<&str>,
+    ) -> Result<(), PostgresError> {
+        if self.state.as_deref() == Some(state) && detail.is_none() {
+            return Ok(());
+        }
+        self.session
+            .timed(
+                "recording the relay's state",
+                self.session.client().execute(
+                    "update outbox_relay.pipelines set state = $2, state_detail = $3, \
+                     state_since = case when state is distinct from $2 then now() else state_since end \
+                     where name = $1",
+                    &[&self.pipeline, &state, &detail],
+                ),
+            )
+            .await?;
+        self.state = Some(state.to_owned());
+        Ok(())
+    }
+
+    /// Sets `message` aside with `reason` (committed when this returns).
+    pub(crate) async fn dead_letter(
+        &self,
+        message: &Message,
+        reason: &str,
+        held_behind: Option<&str>,
+    ) -> Result<(), PostgresError> {
+        let fields = fields_json(message);
+        let payload: Option<&[u8]> = message.payload.as_deref();
+        self.session
+            .timed(
+                "writing a dead letter",
+                self.session.client().execute(
+                    "insert into outbox_relay.dead_letters \
+                     (pipeline, entry_id, position, destination, shard_key, fields, payload, reason, held_behind) \
+                     values ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9) \
+                     on conflict (pipeline, entry_id) where redriven_at is null do nothing",
+                    &[
+                        &self.pipeline,
+                        &message.id,
+                        &message.position.to_string(),
+                        &message.destination,
+                        &message.key,
+                        &fields,
+                        &payload,
+                        &reason,
+                        &held_behind,
+                    ],
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Shard keys with live dead letters, and the entry each is held behind.
+    pub(crate) async fn held_keys(&self) -> Result<HashSet<String>, PostgresError> {
+        let rows = self
+            .session
+            .timed(
+                "reading held keys",
+                self.session.client().query(
+                    "select distinct shard_key from outbox_relay.dead_letters \
+                     where pipeline = $1 and redriven_at is null and shard_key is not null",
+                    &[&self.pipeline],
+                ),
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// Positions of different sources (after a switch from polling to WAL) do not compare.
+fn same_kind(a: Position, b: Position) -> bool {
+    matches!(
+        (a, b),
+        (Position::Wal { .. }, Position::Wal { .. })
+            | (Position::Poll { .. }, Position::Poll { .. })
+    )
+}
+
+/// The entry's columns as a JSON object (text values), for redriving it into the outbox table.
+fn fields_json(message: &Message) -> String {
+    let mut object = serde_json::Map::new();
+    for (name, value) in message.fields.names().iter().zip(message.fields.values()) {
+        let value = value
+            .as_ref()
+            .map_or(serde_json::Value::Null, |v| serde_json::Value::String(v.clone()));
+        object.insert(name.to_string(), value);
+    }
+    serde_json::Value::Object(object).to_string()
+}
