@@ -63,6 +63,38 @@ impl AckTracker {
         ticket
     }
 
+    /// Registers an entry that is done without being sent (set aside as a dead letter, which is
+    /// already written): it is acknowledged with the prefix like a confirmed message.
+    pub(crate) fn push_settled(&mut self, id: String, position: Position) -> Ticket {
+        let ticket = self.base + self.slots.len() as Ticket;
+        self.slots.push_back(Slot {
+            id,
+            position,
+            message: None,
+            bytes: 0,
+            state: State::Confirmed,
+        });
+        ticket
+    }
+
+    /// A failed message was set aside (its dead letter is written): it counts as done.
+    pub(crate) fn settle_failed(&mut self, ticket: Ticket) {
+        let Some(slot) = self.slot_mut(ticket) else { return };
+        if matches!(slot.state, State::Failed(_) | State::Pending) {
+            slot.state = State::Confirmed;
+            slot.message = None;
+            let bytes = slot.bytes;
+            self.bytes -= bytes;
+        }
+    }
+
+    /// The earliest unconfirmed message and its ticket (for setting it aside).
+    pub(crate) fn blocking_message(&self) -> Option<(Ticket, &Message)> {
+        let (i, slot) =
+            self.slots.iter().enumerate().find(|(_, s)| !matches!(s.state, State::Confirmed))?;
+        Some((self.base + i as Ticket, slot.message.as_ref()?))
+    }
+
     /// The broker confirmed `ticket`; returns when it was sent, for latency.
     pub(crate) fn confirm(&mut self, ticket: Ticket) -> Option<Instant> {
         let slot = self.slot_mut(ticket)?;
@@ -101,13 +133,15 @@ impl AckTracker {
     }
 
     /// Messages not confirmed, in emission order, marked `Sent` again: the caller re-sends
-    /// each, in this order, and reports it with [`AckTracker::fail`] if that fails.
+    /// each, in this order (they may have reached the broker: `possible_replay`), and reports it
+    /// with [`AckTracker::fail`], [`AckTracker::unsend`] or [`AckTracker::settle_failed`].
     pub(crate) fn resend_all(&mut self, now: Instant) -> Vec<(Ticket, Message)> {
         let mut out = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if matches!(slot.state, State::Pending | State::Failed(_)) {
-                let message =
+                let mut message =
                     slot.message.clone().expect("unconfirmed messages keep their payload");
+                message.possible_replay = true;
                 slot.state = State::Sent(now);
                 self.outstanding += 1;
                 out.push((self.base + i as Ticket, message));
@@ -228,6 +262,26 @@ mod tests {
         tracker.confirm(t[0]);
         tracker.confirm(t[2]);
         assert_eq!(tracker.take_confirmed_prefix(), Some((Position::Poll { seq: 3 }, 3)));
+    }
+
+    #[test]
+    fn set_aside_entries_are_acknowledged_in_their_place() {
+        let now = Instant::now();
+        let mut tracker = AckTracker::default();
+        let t1 = tracker.push(message(1), now);
+        tracker.push_settled("m2".into(), Position::Poll { seq: 2 });
+        let t3 = tracker.push(message(3), now);
+        assert_eq!(tracker.take_confirmed_prefix(), None);
+        tracker.confirm(t1);
+        assert_eq!(tracker.take_confirmed_prefix(), Some((Position::Poll { seq: 2 }, 2)));
+        tracker.fail(t3, transient());
+        assert_eq!(
+            tracker.blocking_message().map(|(t, m)| (t, m.id.clone())),
+            Some((t3, "m3".into()))
+        );
+        tracker.settle_failed(t3);
+        assert_eq!(tracker.take_confirmed_prefix(), Some((Position::Poll { seq: 3 }, 1)));
+        assert_eq!(tracker.bytes(), 0);
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Report {
 pub(crate) async fn check(config: &Config) -> Result<(), RelayError> {
     let mut report = Report::default();
     report.pass("config", format!("pipeline {:?} is valid", config.pipeline.name));
-    let router = Router::new(&config.route)?;
+    let router = Router::new(&config.route, &config.pipeline.name)?;
 
     let options = crate::leader::session_options(config);
     match Session::connect(config.postgres.url.expose(), &options).await {
@@ -190,7 +190,7 @@ async fn check_wal(session: &Session, config: &Config, table: &OutboxTable, repo
 }
 
 async fn check_sink(config: &Config, report: &mut Report) {
-    let mut sink = match crate::sink::AnySink::new(&config.sink) {
+    let mut sink = match crate::sink::AnySink::new(&config.sink, &config.pipeline.name) {
         Ok(sink) => sink,
         Err(error) => return report.fail("sink", chain(&error)),
     };

@@ -41,9 +41,14 @@ pub(crate) struct PipelineConfig {
     pub(crate) max_in_flight: usize,
     /// Most payload+header bytes sent but not yet confirmed (one larger message still passes).
     pub(crate) max_in_flight_bytes: usize,
-    /// What to do with a message that can never be delivered: "halt" stops the relay, naming
-    /// the entry and the reason; nothing after it is acknowledged.
+    /// What to do with a message that can never be delivered (oversize, unroutable, NULL key,
+    /// undecodable): "halt" stops the relay, naming the entry and the reason, nothing from it on
+    /// acknowledged; "dead-letter" sets it aside in outbox_relay.dead_letters with the reason
+    /// and goes on (`outbox-relay dlq list|redrive`).
     pub(crate) on_poison: PoisonPolicy,
+    /// With "dead-letter": later entries of the same shard key "wait" (are set aside behind it,
+    /// and go out in order when redriven) or "continue" (are published).
+    pub(crate) dead_letter_same_key: SameKeyPolicy,
     /// First pause after a transient failure; doubles (with jitter) up to `retry_max_backoff`.
     #[serde(with = "humantime_serde")]
     pub(crate) retry_initial_backoff: Duration,
@@ -67,6 +72,7 @@ impl Default for PipelineConfig {
             max_in_flight: 10_000,
             max_in_flight_bytes: 64 << 20,
             on_poison: PoisonPolicy::Halt,
+            dead_letter_same_key: SameKeyPolicy::Wait,
             retry_initial_backoff: Duration::from_millis(200),
             retry_max_backoff: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
@@ -80,6 +86,14 @@ impl Default for PipelineConfig {
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum PoisonPolicy {
     Halt,
+    DeadLetter,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SameKeyPolicy {
+    Wait,
+    Continue,
 }
 
 /// `[postgres]`: the application database holding the outbox (and the relay's state).
@@ -467,7 +481,7 @@ impl Config {
                 }
             }
         }
-        crate::router::Router::new(&self.route).map_err(|e| e.to_string())?;
+        crate::router::Router::new(&self.route, &self.pipeline.name).map_err(|e| e.to_string())?;
         Ok(())
     }
 }

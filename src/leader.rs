@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::RelayError;
-use crate::telemetry::{RelayState, Telemetry};
+use crate::telemetry::{Activity, Telemetry};
 
 /// Connects and waits for the pipeline lock. `Ok(None)` if shutdown came first.
 pub(crate) async fn acquire(
@@ -38,7 +38,7 @@ pub(crate) async fn acquire(
             tracing::info!(pipeline = %pipeline, "another relay leads this pipeline; standing by");
             waiting_logged = true;
         }
-        telemetry.metrics.set_state(RelayState::Standby);
+        telemetry.metrics.set_state(Activity::Standby);
         tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
             () = tokio::time::sleep(config.pipeline.standby_retry) => {}

@@ -15,13 +15,13 @@
 //! The source runs in its own task (`feed`) so acknowledgements keep flowing while reading waits
 //! on back-pressure, and the main loop never blocks on the database.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures::future;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use outbox_relay_core::{Confirm, ConnectorError, Entry, Position, Retry, Sink, Source};
+use outbox_relay_core::{Confirm, ConnectorError, Entry, Message, Position, Retry, Sink, Source};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
@@ -29,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::ack_tracker::{AckTracker, Ticket};
+use crate::config::{PoisonPolicy, SameKeyPolicy};
 use crate::error::RelayError;
-use crate::router::Router;
-use crate::telemetry::{RelayState, Telemetry};
+use crate::router::{Poisoned, Router};
+use crate::state::RelayState;
+use crate::telemetry::{Activity, Telemetry};
 
-/// Flow-control and retry settings of a run.
+/// Flow-control, retry and poison settings of a run.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) max_in_flight: usize,
@@ -43,6 +45,8 @@ pub(crate) struct Settings {
     pub(crate) retry_initial_backoff: Duration,
     pub(crate) retry_max_backoff: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) on_poison: PoisonPolicy,
+    pub(crate) same_key: SameKeyPolicy,
 }
 
 /// How a run ended without halting.
@@ -50,7 +54,7 @@ pub(crate) struct Settings {
 pub(crate) enum Exit {
     /// Shutdown was requested; everything confirmed is acknowledged.
     Shutdown,
-    /// The source failed transiently; the caller rebuilds it and runs again.
+    /// The source (or the relay's own state) failed transiently; the caller starts again.
     SourceFailed(ConnectorError),
 }
 
@@ -63,6 +67,102 @@ enum Ending {
 
 /// How long the source gets for its final acknowledgement.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two checkpoint writes.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often the held keys are read again (a redrive releases them).
+const HELD_REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// Keys held behind a dead letter (`dead_letter_same_key = "wait"`): key → the first entry set
+/// aside for it.
+struct Held {
+    keys: HashMap<String, String>,
+    refreshed: Instant,
+}
+
+impl Held {
+    async fn load(state: &RelayState) -> Result<Self, ConnectorError> {
+        Ok(Self { keys: state.held_keys().await?, refreshed: Instant::now() })
+    }
+
+    async fn refresh_if_due(&mut self, state: &RelayState) -> Result<(), ConnectorError> {
+        if self.refreshed.elapsed() >= HELD_REFRESH_EVERY {
+            *self = Self::load(state).await?;
+        }
+        Ok(())
+    }
+
+    fn first_for(&self, key: Option<&str>) -> Option<&str> {
+        self.keys.get(key?).map(String::as_str)
+    }
+}
+
+/// The relay's records plus what the loop needs of them.
+struct Records<'a> {
+    state: &'a mut RelayState,
+    settings: &'a Settings,
+    telemetry: &'a Telemetry,
+    held: Held,
+    horizon: Option<Position>,
+    last_checkpoint: Instant,
+}
+
+impl Records<'_> {
+    /// Announces what the relay is doing, to metrics and to `outbox_relay.pipelines`.
+    async fn announce(&mut self, activity: Activity, detail: Option<&str>) {
+        if self.telemetry.metrics.state() == activity && detail.is_none() {
+            return;
+        }
+        self.telemetry.metrics.set_state(activity);
+        if let Err(error) = self.state.note_state(activity.as_str(), detail).await {
+            tracing::warn!(error = %error, "cannot record the relay's state");
+        }
+    }
+
+    /// Sets `message` aside (the dead letter is committed when this returns). With
+    /// `dead_letter_same_key = "wait"` its key is held from now on.
+    async fn set_aside(
+        &mut self,
+        message: &Message,
+        reason: &str,
+        behind: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        self.state.dead_letter(message, reason, behind).await?;
+        self.telemetry.metrics.dead_letters.inc();
+        tracing::warn!(entry = %message.id, position = %message.position, reason, "set aside as a dead letter");
+        if self.settings.same_key == SameKeyPolicy::Wait {
+            if let Some(key) = &message.key {
+                self.held.keys.entry(key.clone()).or_insert_with(|| message.id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `position` may have been sent by an earlier run.
+    fn beyond_doubt(&self, position: Position) -> bool {
+        !self.horizon.is_some_and(|horizon| match (horizon, position) {
+            (Position::Wal { .. }, Position::Wal { .. })
+            | (Position::Poll { .. }, Position::Poll { .. }) => position <= horizon,
+            _ => false,
+        })
+    }
+
+    async fn checkpoint(&mut self, position: Position, force: bool) {
+        if force || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.last_checkpoint = Instant::now();
+            if let Err(error) = self.state.note_acked(position).await {
+                tracing::warn!(error = %error, "cannot record the checkpoint");
+            }
+        }
+    }
+}
+
+/// What to do with a message that can never be delivered.
+enum Verdict {
+    /// Halt with this error.
+    Halt(RelayError),
+    /// Set aside; go on.
+    SetAside,
+}
 
 pub(crate) async fn run<S, K>(
     source: S,
@@ -70,6 +170,7 @@ pub(crate) async fn run<S, K>(
     router: &Router,
     settings: &Settings,
     telemetry: &Telemetry,
+    state: &mut RelayState,
     shutdown: &CancellationToken,
 ) -> Result<Exit, RelayError>
 where
@@ -77,6 +178,12 @@ where
     K: Sink,
 {
     let metrics = &telemetry.metrics;
+    let held = Held::load(state)
+        .await
+        .map_err(|source| RelayError::Fatal { what: "reading dead letters failed", source })?;
+    let horizon = state.replay_horizon();
+    let mut records =
+        Records { state, settings, telemetry, held, horizon, last_checkpoint: Instant::now() };
     let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Entry>>(1);
     let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
     let stop_reading = CancellationToken::new();
@@ -100,7 +207,8 @@ where
     let mut attempt: u32 = 0;
     let mut ending: Option<Ending> = None;
     let mut deadline: Option<Instant> = None;
-    metrics.set_state(RelayState::Running);
+    let mut last_failure: Option<String> = None;
+    records.announce(Activity::Running, None).await;
 
     loop {
         // Send what the window allows, in order (on shutdown too: the source ends the stream at
@@ -109,32 +217,61 @@ where
         {
             let Some(entry) = pending.pop_front() else { break };
             metrics.read.inc();
-            let message = match router.route(entry) {
+            let mut message = match router.route(entry) {
                 Ok(message) => message,
-                Err(error) => {
-                    let RelayError::Route { id, position, .. } = &error else { unreachable!() };
-                    let (id, position) = (id.clone(), *position);
-                    ending = Some(Ending::Halt(RelayError::Poison {
-                        id,
-                        position,
-                        source: ConnectorError::permanent(error),
-                    }));
-                    break;
+                Err(poisoned) => {
+                    let Poisoned { entry, error } = *poisoned;
+                    let reason = error.to_string();
+                    let message = router.unroutable(entry);
+                    match verdict(settings, &message, ConnectorError::permanent(error)) {
+                        Verdict::Halt(error) => {
+                            ending = Some(Ending::Halt(error));
+                            break;
+                        }
+                        Verdict::SetAside => match records.set_aside(&message, &reason, None).await
+                        {
+                            Ok(()) => {
+                                tracker.push_settled(message.id, message.position);
+                                continue;
+                            }
+                            Err(error) => {
+                                ending = Some(Ending::SourceFailed(error));
+                                break;
+                            }
+                        },
+                    }
                 }
             };
+            if let Some(first) = records.held.first_for(message.key.as_deref()).map(str::to_owned) {
+                let reason = format!("held behind dead letter {first} (same key)");
+                match records.set_aside(&message, &reason, Some(&first)).await {
+                    Ok(()) => {
+                        tracker.push_settled(message.id, message.position);
+                        continue;
+                    }
+                    Err(error) => {
+                        ending = Some(Ending::SourceFailed(error));
+                        break;
+                    }
+                }
+            }
+            message.possible_replay = !records.beyond_doubt(message.position);
             let sent = sink.send(&message).await;
             let ticket = tracker.push(message, Instant::now().into_std());
             match sent {
                 Ok(confirm) => confirms.push(tagged(ticket, confirm)),
                 Err(error) => {
                     report_failure(ticket, &error, recovering);
+                    last_failure = Some(crate::sink::chain(&error));
                     tracker.fail(ticket, error);
                     recovering = true;
-                    metrics.set_state(RelayState::Retrying);
                 }
             }
         }
         metrics.in_flight.set(tracker.outstanding() as i64);
+        if recovering && metrics.state() == Activity::Running {
+            records.announce(Activity::Retrying, last_failure.as_deref()).await;
+        }
 
         if ending.is_some() {
             stop_reading.cancel();
@@ -154,9 +291,25 @@ where
             // Every confirm is in: the earliest unconfirmed message decides.
             match tracker.blocking_error().map(ConnectorError::retry) {
                 Some(Retry::Permanent) => {
-                    let (id, position, source) =
+                    let (ticket, message) = tracker
+                        .blocking_message()
+                        .map(|(t, m)| (t, m.clone()))
+                        .expect("a failed message keeps its payload");
+                    let (_, _, source) =
                         tracker.take_blocking_error().expect("blocker has an error");
-                    ending = Some(Ending::Halt(RelayError::Poison { id, position, source }));
+                    let reason = crate::sink::chain(&source);
+                    match verdict(settings, &message, source) {
+                        Verdict::Halt(error) => ending = Some(Ending::Halt(error)),
+                        Verdict::SetAside => {
+                            match records.set_aside(&message, &reason, None).await {
+                                Ok(()) => {
+                                    tracker.settle_failed(ticket);
+                                    retry_at = Some(Instant::now());
+                                }
+                                Err(error) => ending = Some(Ending::SourceFailed(error)),
+                            }
+                        }
+                    }
                     continue;
                 }
                 Some(Retry::Fatal) => {
@@ -183,7 +336,7 @@ where
             biased;
             () = shutdown.cancelled(), if ending.is_none() => {
                 tracing::info!(in_flight = tracker.outstanding(), "shutting down: finishing in-flight messages");
-                metrics.set_state(RelayState::Stopping);
+                records.announce(Activity::Stopping, None).await;
                 ending = Some(Ending::Shutdown);
             }
             Some((ticket, result)) = confirms.next(), if !confirms.is_empty() => {
@@ -193,20 +346,21 @@ where
                             metrics.published.inc();
                             metrics.confirm_latency.observe(sent_at.elapsed().as_secs_f64());
                         }
-                        if !recovering && ending.is_none() {
-                            metrics.set_state(RelayState::Running);
+                        if !recovering && ending.is_none() && metrics.state() == Activity::Retrying {
+                            records.announce(Activity::Running, None).await;
                         }
                     }
                     Err(error) => {
                         report_failure(ticket, &error, recovering);
+                        last_failure = Some(crate::sink::chain(&error));
                         tracker.fail(ticket, error);
                         recovering = true;
-                        metrics.set_state(RelayState::Retrying);
                     }
                 }
                 if let Some((position, count)) = tracker.take_confirmed_prefix() {
                     metrics.acknowledged.inc_by(count as u64);
                     ack_tx.send_replace(Some(position));
+                    records.checkpoint(position, false).await;
                     attempt = 0;
                 }
             }
@@ -228,10 +382,29 @@ where
                 let mut resend = tracker.resend_all(Instant::now().into_std()).into_iter();
                 recovering = false;
                 while let Some((ticket, message)) = resend.next() {
+                    if let Some(first) = records.held.first_for(message.key.as_deref()).map(str::to_owned) {
+                        let reason = format!("held behind dead letter {first} (same key)");
+                        match records.set_aside(&message, &reason, Some(&first)).await {
+                            Ok(()) => {
+                                tracker.unsend(ticket);
+                                tracker.settle_failed(ticket);
+                                continue;
+                            }
+                            Err(error) => {
+                                tracker.unsend(ticket);
+                                for (unsent, _) in resend.by_ref() {
+                                    tracker.unsend(unsent);
+                                }
+                                ending = Some(Ending::SourceFailed(error));
+                                break;
+                            }
+                        }
+                    }
                     match sink.send(&message).await {
                         Ok(confirm) => confirms.push(tagged(ticket, confirm)),
                         Err(error) => {
                             report_failure(ticket, &error, recovering);
+                            last_failure = Some(crate::sink::chain(&error));
                             tracker.fail(ticket, error);
                             recovering = true;
                             for (unsent, _) in resend.by_ref() {
@@ -240,13 +413,29 @@ where
                         }
                     }
                 }
+                if let Some((position, count)) = tracker.take_confirmed_prefix() {
+                    metrics.acknowledged.inc_by(count as u64);
+                    ack_tx.send_replace(Some(position));
+                    records.checkpoint(position, false).await;
+                }
             }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::warn!(unconfirmed = tracker.outstanding(), "grace period over; unconfirmed messages will be sent again after restart");
                 break;
             }
             batch = batches_rx.recv(), if accepting => match batch {
-                Some(batch) => pending.extend(batch),
+                Some(batch) => {
+                    // Write-ahead: before any of it is sent, record how far sending may go.
+                    let upto = batch.iter().map(|e| e.position).max();
+                    let noted = match upto {
+                        Some(upto) => records.state.note_sending(upto).await.map_err(ConnectorError::from),
+                        None => Ok(()),
+                    };
+                    match noted.and(records.held.refresh_if_due(records.state).await) {
+                        Ok(()) => pending.extend(batch),
+                        Err(error) => ending = Some(Ending::SourceFailed(error)),
+                    }
+                }
                 None => batches_done = true,
             }
         }
@@ -256,6 +445,9 @@ where
     if let Some((position, count)) = tracker.take_confirmed_prefix() {
         metrics.acknowledged.inc_by(count as u64);
         ack_tx.send_replace(Some(position));
+    }
+    if let Some(position) = *ack_tx.borrow() {
+        records.checkpoint(position, true).await;
     }
     drop(ack_tx);
     let mut final_error = None;
@@ -271,13 +463,26 @@ where
 
     match ending.expect("the loop only ends with an ending") {
         Ending::Halt(error) => {
-            metrics.set_state(RelayState::Halted);
+            records.announce(Activity::Halted, Some(&crate::sink::chain(&error))).await;
             Err(error)
         }
         // A failed final acknowledgement is reported like any source failure.
         _ if final_error.is_some() => source_outcome(final_error.expect("checked")),
         Ending::SourceFailed(error) => source_outcome(error),
         Ending::Shutdown => Ok(Exit::Shutdown),
+    }
+}
+
+/// Halt or set aside, by policy; failures that are nobody's message always halt.
+fn verdict(settings: &Settings, message: &Message, source: ConnectorError) -> Verdict {
+    match (source.retry(), settings.on_poison) {
+        (Retry::Fatal, _) => Verdict::Halt(RelayError::Fatal { what: "publishing failed", source }),
+        (_, PoisonPolicy::DeadLetter) => Verdict::SetAside,
+        (_, PoisonPolicy::Halt) => Verdict::Halt(RelayError::Poison {
+            id: message.id.clone(),
+            position: message.position,
+            source,
+        }),
     }
 }
 
@@ -407,6 +612,8 @@ mod tests {
             retry_initial_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(1),
+            on_poison: PoisonPolicy::Halt,
+            same_key: SameKeyPolicy::Wait,
         };
         for _ in 0..50 {
             let first = backoff(0, &settings);

@@ -18,7 +18,8 @@ use crate::error::RelayError;
 use crate::pipeline::{self, Exit, Settings};
 use crate::router::Router;
 use crate::sink::AnySink;
-use crate::telemetry::{self, RelayState, Telemetry};
+use crate::state::RelayState;
+use crate::telemetry::{self, Activity, Telemetry};
 
 /// Prefix of the relay's heartbeat messages (never an outbox entry).
 const HEARTBEAT_PREFIX: &str = "outbox-relay.heartbeat";
@@ -28,8 +29,8 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
     let _server =
         telemetry::serve(&config.telemetry.listen, Arc::clone(&telemetry), shutdown.clone())
             .await?;
-    let router = Router::new(&config.route)?;
-    let mut sink = AnySink::new(&config.sink)?;
+    let router = Router::new(&config.route, &config.pipeline.name)?;
+    let mut sink = AnySink::new(&config.sink, &config.pipeline.name)?;
     let settings = Settings {
         max_in_flight: config.pipeline.max_in_flight,
         max_in_flight_bytes: config.pipeline.max_in_flight_bytes,
@@ -38,6 +39,8 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
         retry_initial_backoff: config.pipeline.retry_initial_backoff,
         retry_max_backoff: config.pipeline.retry_max_backoff,
         shutdown_grace: config.pipeline.shutdown_grace,
+        on_poison: config.pipeline.on_poison,
+        same_key: config.pipeline.dead_letter_same_key,
     };
 
     let mut attempt = 0u32;
@@ -57,7 +60,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
                 crate::sink::chain(&error)
             }
             Err(error) => {
-                telemetry.metrics.set_state(RelayState::Halted);
+                telemetry.metrics.set_state(Activity::Halted);
                 return Err(error);
             }
         };
@@ -79,7 +82,7 @@ async fn run_once(
     telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) -> Result<Exit, RelayError> {
-    telemetry.metrics.set_state(RelayState::Starting);
+    telemetry.metrics.set_state(Activity::Starting);
     let Some(session) = crate::leader::acquire(config, telemetry, shutdown).await? else {
         return Ok(Exit::Shutdown);
     };
@@ -111,8 +114,11 @@ async fn run_once(
             notify_channel: Some(source.notify_channel.clone()).filter(|c| !c.is_empty()),
         };
         tracing::info!(table = %table.name, "polling the outbox");
+        let mut state = RelayState::open(config).await?;
+        sink.begin_run(replay_window(&session, &table, &state, settings).await?);
         let source = PollSource::new(session, table, options).await?;
-        return pipeline::run(source, sink, router, settings, telemetry, shutdown).await;
+        return pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown)
+            .await;
     }
     let options = WalOptions {
         slot: source.slot.clone(),
@@ -132,7 +138,30 @@ async fn run_once(
         connect_timeout: config.postgres.connect_timeout,
         application_name: format!("outbox-relay:{}", config.pipeline.name),
     };
+    let mut state = RelayState::open(config).await?;
+    sink.begin_run(replay_window(&session, &table, &state, settings).await?);
     let source =
         WalSource::start(config.postgres.url.expose(), session, Some(table), options).await?;
-    pipeline::run(source, sink, router, settings, telemetry, shutdown).await
+    pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown).await
+}
+
+/// How many of its own records per partition the Kafka sink reads back to recognise replays.
+/// Polling: the rows an earlier run may have sent and not acknowledged (still in the outbox, at
+/// or below the replay horizon) bound it exactly; WAL tailing only needs the newest record, so
+/// twice the window is plenty.
+async fn replay_window(
+    session: &outbox_relay_postgres::Session,
+    table: &OutboxTable,
+    state: &RelayState,
+    settings: &Settings,
+) -> Result<usize, RelayError> {
+    let fallback = settings.max_in_flight.saturating_mul(2);
+    let Some(outbox_relay_core::Position::Poll { seq }) = state.replay_horizon() else {
+        return Ok(fallback);
+    };
+    let sql = format!("select count(*) from {} where seq <= $1", table.name.quoted());
+    let row = session
+        .timed("counting possible replays", session.client().query_one(&sql, &[&seq]))
+        .await?;
+    Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(fallback).saturating_add(16))
 }

@@ -10,10 +10,17 @@ use outbox_relay_core::{Entry, Header, Message};
 use crate::config::RouteConfig;
 use crate::error::RelayError;
 
-/// Header carrying the message's source position, for replay detection downstream.
-pub(crate) const POSITION_HEADER: &str = "outbox-position";
-/// Header carrying the entry id (also the AMQP `message_id`).
-pub(crate) const ID_HEADER: &str = "id";
+use outbox_relay_core::headers::{
+    ID as ID_HEADER, PIPELINE as PIPELINE_HEADER, POSITION as POSITION_HEADER,
+};
+
+/// An entry that cannot become a message, handed back with the reason (to halt on, or to set
+/// aside).
+#[derive(Debug)]
+pub(crate) struct Poisoned {
+    pub(crate) entry: Entry,
+    pub(crate) error: RelayError,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
@@ -86,10 +93,12 @@ pub(crate) struct Router {
     headers: Vec<(Arc<str>, Template)>,
     id_header: Arc<str>,
     position_header: Arc<str>,
+    pipeline_header: Header,
 }
 
 impl Router {
-    pub(crate) fn new(config: &RouteConfig) -> Result<Self, RelayError> {
+    /// `pipeline` goes into every message's `outbox-pipeline` header.
+    pub(crate) fn new(config: &RouteConfig, pipeline: &str) -> Result<Self, RelayError> {
         let topic = Template::parse("route.topic", &config.topic)?;
         if config.topic.is_empty() {
             return Err(RelayError::Template {
@@ -105,7 +114,7 @@ impl Router {
         };
         let mut headers = Vec::with_capacity(config.headers.len());
         for (name, template) in &config.headers {
-            if name == ID_HEADER || name == POSITION_HEADER {
+            if [ID_HEADER, POSITION_HEADER, PIPELINE_HEADER].contains(&name.as_str()) {
                 return Err(RelayError::Template {
                     key: "route.headers",
                     template: name.clone(),
@@ -120,6 +129,7 @@ impl Router {
             headers,
             id_header: Arc::from(ID_HEADER),
             position_header: Arc::from(POSITION_HEADER),
+            pipeline_header: Header { name: Arc::from(PIPELINE_HEADER), value: pipeline.into() },
         })
     }
 
@@ -133,44 +143,46 @@ impl Router {
     }
 
     /// Routes one entry. `Err` means the entry is poison (see the module invariant).
-    pub(crate) fn route(&self, entry: Entry) -> Result<Message, RelayError> {
-        let poison = |reason: String| RelayError::Route {
-            id: entry.id.clone(),
-            position: entry.position,
-            reason,
-        };
-        if let Some(defect) = &entry.defect {
-            return Err(poison(defect.clone()));
-        }
-        if entry.id.is_empty() {
-            return Err(poison("the id column is NULL or empty".into()));
-        }
-        let destination =
-            self.topic.render(&entry).map_err(|r| poison(format!("route.topic: {r}")))?;
-        if destination.is_empty() {
-            return Err(poison("route.topic rendered to an empty name".into()));
-        }
-        let key = match &self.key {
-            Some(template) => {
-                Some(template.render(&entry).map_err(|r| poison(format!("route.key: {r}")))?)
+    pub(crate) fn route(&self, entry: Entry) -> Result<Message, Box<Poisoned>> {
+        match self.render(&entry) {
+            Ok((destination, key, mut headers)) => {
+                let Entry {
+                    id,
+                    position,
+                    fields,
+                    payload,
+                    payload_kind,
+                    headers: extra,
+                    defect: _,
+                } = entry;
+                headers.extend(extra);
+                Ok(Message {
+                    id,
+                    position,
+                    destination,
+                    key,
+                    headers,
+                    payload,
+                    payload_kind,
+                    fields,
+                    possible_replay: false,
+                })
             }
-            None => None,
-        };
-        let mut headers = Vec::with_capacity(self.headers.len() + 2 + entry.headers.len());
-        headers.push(Header { name: Arc::clone(&self.id_header), value: entry.id.clone() });
-        headers.push(Header {
-            name: Arc::clone(&self.position_header),
-            value: entry.position.to_string(),
-        });
-        for (name, template) in &self.headers {
-            let value =
-                template.render(&entry).map_err(|r| poison(format!("header {name:?}: {r}")))?;
-            headers.push(Header { name: Arc::clone(name), value });
+            Err(reason) => {
+                let error =
+                    RelayError::Route { id: entry.id.clone(), position: entry.position, reason };
+                Err(Box::new(Poisoned { entry, error }))
+            }
         }
-        let Entry { id, position, fields, payload, payload_kind, headers: extra, defect: _ } =
-            entry;
-        headers.extend(extra);
-        Ok(Message {
+    }
+
+    /// An entry that could not be routed, as a message to set aside: whatever routing can still
+    /// tell (the key, for holding its later entries; the destination, if it renders).
+    pub(crate) fn unroutable(&self, entry: Entry) -> Message {
+        let destination = self.topic.render(&entry).unwrap_or_default();
+        let key = self.key.as_ref().and_then(|k| k.render(&entry).ok());
+        let Entry { id, position, fields, payload, payload_kind, headers, defect: _ } = entry;
+        Message {
             id,
             position,
             destination,
@@ -180,7 +192,37 @@ impl Router {
             payload_kind,
             fields,
             possible_replay: false,
-        })
+        }
+    }
+
+    /// Destination, key and headers of `entry`, or why it has none.
+    fn render(&self, entry: &Entry) -> Result<(String, Option<String>, Vec<Header>), String> {
+        if let Some(defect) = &entry.defect {
+            return Err(defect.clone());
+        }
+        if entry.id.is_empty() {
+            return Err("the id column is NULL or empty".into());
+        }
+        let destination = self.topic.render(entry).map_err(|r| format!("route.topic: {r}"))?;
+        if destination.is_empty() {
+            return Err("route.topic rendered to an empty name".into());
+        }
+        let key = match &self.key {
+            Some(template) => Some(template.render(entry).map_err(|r| format!("route.key: {r}"))?),
+            None => None,
+        };
+        let mut headers = Vec::with_capacity(self.headers.len() + 3 + entry.headers.len());
+        headers.push(Header { name: Arc::clone(&self.id_header), value: entry.id.clone() });
+        headers.push(Header {
+            name: Arc::clone(&self.position_header),
+            value: entry.position.to_string(),
+        });
+        headers.push(self.pipeline_header.clone());
+        for (name, template) in &self.headers {
+            let value = template.render(entry).map_err(|r| format!("header {name:?}: {r}"))?;
+            headers.push(Header { name: Arc::clone(name), value });
+        }
+        Ok((destination, key, headers))
     }
 }
 
@@ -214,7 +256,7 @@ mod tests {
 
     #[test]
     fn defaults_route_like_the_debezium_outbox_router() {
-        let router = Router::new(&RouteConfig::default()).unwrap();
+        let router = Router::new(&RouteConfig::default(), "p1").unwrap();
         let message = router.route(entry(Some("42"))).unwrap();
         assert_eq!(message.destination, "outbox.event.order");
         assert_eq!(message.key.as_deref(), Some("42"));
@@ -222,14 +264,19 @@ mod tests {
             message.headers.iter().map(|h| (&*h.name, h.value.as_str())).collect();
         assert_eq!(
             headers,
-            vec![("id", "e-1"), ("outbox-position", "poll:7"), ("type", "OrderCreated")]
+            vec![
+                ("id", "e-1"),
+                ("outbox-position", "poll:7"),
+                ("outbox-pipeline", "p1"),
+                ("type", "OrderCreated")
+            ]
         );
     }
 
     #[test]
     fn a_null_key_is_poison_naming_the_entry_and_column() {
-        let router = Router::new(&RouteConfig::default()).unwrap();
-        let err = router.route(entry(None)).unwrap_err().to_string();
+        let router = Router::new(&RouteConfig::default(), "p1").unwrap();
+        let err = router.route(entry(None)).unwrap_err().error.to_string();
         assert!(
             err.contains("e-1") && err.contains("aggregateid") && err.contains("NULL"),
             "{err}"
@@ -243,7 +290,7 @@ mod tests {
             key: String::new(),
             headers: Default::default(),
         };
-        let router = Router::new(&config).unwrap();
+        let router = Router::new(&config, "p1").unwrap();
         let message = router.route(entry(Some("1"))).unwrap();
         assert_eq!(message.destination, "order-events.OrderCreated");
         assert_eq!(message.key, None);
@@ -252,7 +299,7 @@ mod tests {
 
         for bad in ["x.${", "x.${}", "x.${a b}"] {
             let config = RouteConfig { topic: bad.into(), ..RouteConfig::default() };
-            assert!(Router::new(&config).is_err(), "{bad}");
+            assert!(Router::new(&config, "p1").is_err(), "{bad}");
         }
     }
 }

@@ -16,7 +16,7 @@ pub(crate) enum AnySink {
 }
 
 impl AnySink {
-    pub(crate) fn new(config: &SinkConfig) -> Result<Self, RelayError> {
+    pub(crate) fn new(config: &SinkConfig, pipeline: &str) -> Result<Self, RelayError> {
         let invalid = |message: String| RelayError::Config { origin: "sink".into(), message };
         match config {
             #[cfg(feature = "kafka")]
@@ -31,6 +31,7 @@ impl AnySink {
                     properties,
                     max_message_bytes: kafka.max_message_bytes,
                     metadata_timeout: kafka.metadata_timeout,
+                    pipeline: pipeline.into(),
                 };
                 outbox_relay_kafka::KafkaSink::new(options)
                     .map(AnySink::Kafka)
@@ -51,6 +52,19 @@ impl AnySink {
             }
             #[allow(unreachable_patterns)]
             _ => Err(invalid("this build of outbox-relay does not include that sink".into())),
+        }
+    }
+}
+
+impl AnySink {
+    /// A new run starts: replays of earlier runs may follow (see [`crate::state`]); `window`
+    /// bounds how far back the Kafka sink looks for them.
+    pub(crate) fn begin_run(&mut self, window: usize) {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(sink) => sink.begin_run(window),
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(_) => {}
         }
     }
 }

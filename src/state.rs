@@ -8,7 +8,7 @@
 //! - A dead letter is written (committed) before its entry is acknowledged, so an entry is
 //!   either delivered, set aside with its reason, or still at the source.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use outbox_relay_core::{Message, Position};
 use outbox_relay_postgres::{PostgresError, Session};
@@ -151,20 +151,21 @@ impl RelayState {
         Ok(())
     }
 
-    /// Shard keys with live dead letters, and the entry each is held behind.
-    pub(crate) async fn held_keys(&self) -> Result<HashSet<String>, PostgresError> {
+    /// Shard keys with live dead letters, each with the first entry set aside for it.
+    pub(crate) async fn held_keys(&self) -> Result<HashMap<String, String>, PostgresError> {
         let rows = self
             .session
             .timed(
                 "reading held keys",
                 self.session.client().query(
-                    "select distinct shard_key from outbox_relay.dead_letters \
-                     where pipeline = $1 and redriven_at is null and shard_key is not null",
+                    "select distinct on (shard_key) shard_key, entry_id from outbox_relay.dead_letters \
+                     where pipeline = $1 and redriven_at is null and shard_key is not null \
+                     order by shard_key, seq",
                     &[&self.pipeline],
                 ),
             )
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

@@ -31,12 +31,13 @@ pub(crate) mod names {
     pub(crate) const RETRIES: &str = "outbox_relay_retries";
     pub(crate) const SOURCE_RESTARTS: &str = "outbox_relay_source_restarts";
     pub(crate) const STATE: &str = "outbox_relay_state";
+    pub(crate) const DEAD_LETTERS: &str = "outbox_relay_dead_letters";
 }
 
 /// What the relay is doing, for `/readyz` and the `outbox_relay_state` gauge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum RelayState {
+pub(crate) enum Activity {
     Starting = 0,
     /// Another relay holds the pipeline lock.
     Standby = 1,
@@ -47,7 +48,7 @@ pub(crate) enum RelayState {
     Stopping = 5,
 }
 
-impl RelayState {
+impl Activity {
     fn from_u8(value: u8) -> Self {
         match value {
             1 => Self::Standby,
@@ -59,7 +60,7 @@ impl RelayState {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Starting => "starting",
             Self::Standby => "standby",
@@ -80,18 +81,19 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     pub(crate) retries: Counter,
     pub(crate) source_restarts: Counter,
+    pub(crate) dead_letters: Counter,
     state_gauge: Gauge,
     state: AtomicU8,
 }
 
 impl Metrics {
-    pub(crate) fn set_state(&self, state: RelayState) {
+    pub(crate) fn set_state(&self, state: Activity) {
         self.state.store(state as u8, Ordering::Relaxed);
         self.state_gauge.set(state as i64);
     }
 
-    pub(crate) fn state(&self) -> RelayState {
-        RelayState::from_u8(self.state.load(Ordering::Relaxed))
+    pub(crate) fn state(&self) -> Activity {
+        Activity::from_u8(self.state.load(Ordering::Relaxed))
     }
 }
 
@@ -111,8 +113,9 @@ impl Telemetry {
             in_flight: Gauge::default(),
             retries: Counter::default(),
             source_restarts: Counter::default(),
+            dead_letters: Counter::default(),
             state_gauge: Gauge::default(),
-            state: AtomicU8::new(RelayState::Starting as u8),
+            state: AtomicU8::new(Activity::Starting as u8),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -145,6 +148,11 @@ impl Telemetry {
             names::SOURCE_RESTARTS,
             "Times the source was rebuilt after a transient failure",
             metrics.source_restarts.clone(),
+        );
+        registry.register(
+            names::DEAD_LETTERS,
+            "Entries set aside in outbox_relay.dead_letters",
+            metrics.dead_letters.clone(),
         );
         registry.register(
             names::STATE,
@@ -215,6 +223,6 @@ async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
 async fn ready(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
     let state = telemetry.metrics.state();
     let code =
-        if state == RelayState::Running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        if state == Activity::Running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, format!("{}\n", state.as_str()))
 }

@@ -265,7 +265,8 @@ async fn sigterm_mid_stream_resumes_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_mid_stream_resumes_without_loss() {
     let (committed, streams) = restart_mid_stream(true).await;
-    let outcome = verify(&streams, &committed, true);
+    // Replays are recognised in the partitions and not sent again: no duplicates.
+    let outcome = verify(&streams, &committed, false);
     println!(
         "wal kill -9 + restart: {} rows, {} messages, {} duplicates, 0 lost, key order kept",
         committed.rows(),

@@ -7,6 +7,7 @@
 
 mod entry;
 mod error;
+pub mod headers;
 mod position;
 mod sink;
 mod source;

@@ -46,6 +46,15 @@ pub enum KafkaSinkError {
     ProducerFailed { id: String, reason: String },
     #[error("Kafka topic {topic:?} is not ready ({why})")]
     TopicNotReady { topic: String, why: String },
+    #[error(
+        "cannot read the end of Kafka topic {topic:?} partition {partition} to recognise replays"
+    )]
+    Tail {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: Box<KafkaError>,
+    },
 }
 
 impl KafkaSinkError {
@@ -58,6 +67,7 @@ impl KafkaSinkError {
             KafkaSinkError::Metadata { source, .. }
             | KafkaSinkError::Unreachable { source, .. }
             | KafkaSinkError::Produce { source, .. } => classify(source),
+            KafkaSinkError::Tail { .. } => Retry::Transient,
             KafkaSinkError::Canceled { .. }
             | KafkaSinkError::QueueFull { .. }
             | KafkaSinkError::ProducerFailed { .. }

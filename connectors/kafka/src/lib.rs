@@ -8,9 +8,13 @@
 //! - Nothing is dropped to make room or time: `message.timeout.ms = 0` (never give up on a
 //!   transient failure) and `enable.gapless.guarantee = true` (a permanent failure stops the
 //!   producer instead of letting later messages of the partition overtake the failed one).
+//! - A message that may have been delivered by an earlier run is sent only if it is not already
+//!   in its partition (see `replay`).
 
 mod context;
 mod error;
+mod partition;
+mod replay;
 mod sink;
 
 pub use error::KafkaSinkError;

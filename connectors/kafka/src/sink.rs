@@ -1,7 +1,7 @@
 //! The Kafka sink proper. Invariant: the properties in [`ENFORCED_PROPERTIES`] are always set on
 //! the producer; configuration that contradicts them is refused, not silently overridden.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -12,6 +12,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::context::RelayContext;
+use crate::partition::partition_for;
+use crate::replay::Tails;
 use crate::KafkaSinkError;
 
 /// librdkafka properties the relay's guarantees rest on, with the reason.
@@ -23,7 +25,7 @@ pub const ENFORCED_PROPERTIES: &[(&str, &str, &str)] = &[
     ("enable.gapless.guarantee", "true", "a failed message is never overtaken in its partition"),
 ];
 
-/// Distinct topics remembered as existing before the memo is reset.
+/// Distinct topics remembered (with their partition count) before the memo is reset.
 const KNOWN_TOPICS_MAX: usize = 10_000;
 /// Pause before retrying a produce that found librdkafka's local queue full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
@@ -39,6 +41,9 @@ pub struct KafkaOptions {
     pub max_message_bytes: usize,
     /// Deadline for metadata requests (topic checks, connectivity checks).
     pub metadata_timeout: Duration,
+    /// The pipeline's name: messages carry it (header `outbox-pipeline`), and replays are looked
+    /// for among its records.
+    pub pipeline: String,
 }
 
 /// What `check` learned about the cluster.
@@ -50,7 +55,7 @@ pub struct ClusterInfo {
 
 /// What the cluster says of a topic.
 enum TopicState {
-    Ready,
+    Ready(i32),
     Unknown,
     NotReady(String),
 }
@@ -58,7 +63,9 @@ enum TopicState {
 pub struct KafkaSink {
     options: KafkaOptions,
     producer: FutureProducer<RelayContext>,
-    known_topics: HashSet<String>,
+    /// Partition count of each topic seen (and checked to exist).
+    partitions: HashMap<String, i32>,
+    tails: Tails,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -70,7 +77,14 @@ impl std::fmt::Debug for KafkaSink {
 impl KafkaSink {
     pub fn new(options: KafkaOptions) -> Result<Self, KafkaSinkError> {
         let producer = producer(&options)?;
-        Ok(Self { options, producer, known_topics: HashSet::new() })
+        let mut tails = Tails::new(replay_consumer(&options));
+        tails.reset(&options.pipeline, 0);
+        Ok(Self { options, producer, partitions: HashMap::new(), tails })
+    }
+
+    /// A run starts: replays of earlier runs may follow; look `window` records back for them.
+    pub fn begin_run(&mut self, window: usize) {
+        self.tails.reset(&self.options.pipeline, window);
     }
 
     /// Fetches cluster metadata: proves the brokers are reachable and lists the topics.
@@ -92,10 +106,10 @@ impl KafkaSink {
     }
 
     /// Checks once per topic that it exists, so a missing topic is a clear, immediate error
-    /// rather than a message stuck in librdkafka's queue.
-    async fn ensure_topic(&mut self, topic: &str) -> Result<(), KafkaSinkError> {
-        if self.known_topics.contains(topic) {
-            return Ok(());
+    /// rather than a message stuck in librdkafka's queue; returns its partition count.
+    async fn ensure_topic(&mut self, topic: &str) -> Result<i32, KafkaSinkError> {
+        if let Some(partitions) = self.partitions.get(topic) {
+            return Ok(*partitions);
         }
         let producer = self.producer.clone();
         let timeout = self.options.metadata_timeout;
@@ -111,7 +125,7 @@ impl KafkaSink {
                     None if t.partitions().is_empty() => {
                         TopicState::NotReady("no partitions".into())
                     }
-                    None => TopicState::Ready,
+                    None => TopicState::Ready(t.partitions().len() as i32),
                 },
             })
         })
@@ -121,8 +135,8 @@ impl KafkaSink {
             topic: topic.into(),
             source: Box::new(source),
         })?;
-        match state {
-            TopicState::Ready => {}
+        let partitions = match state {
+            TopicState::Ready(partitions) => partitions,
             TopicState::Unknown => {
                 return Err(KafkaSinkError::UnknownTopic { topic: topic.into() })
             }
@@ -130,12 +144,12 @@ impl KafkaSink {
             TopicState::NotReady(why) => {
                 return Err(KafkaSinkError::TopicNotReady { topic: topic.into(), why })
             }
+        };
+        if self.partitions.len() >= KNOWN_TOPICS_MAX {
+            self.partitions.clear();
         }
-        if self.known_topics.len() >= KNOWN_TOPICS_MAX {
-            self.known_topics.clear();
-        }
-        self.known_topics.insert(topic.to_owned());
-        Ok(())
+        self.partitions.insert(topic.to_owned(), partitions);
+        Ok(partitions)
     }
 
     /// A producer in a fatal state (e.g. a gapless-guarantee violation) cannot send again. While
@@ -149,6 +163,8 @@ impl KafkaSink {
         }
         tracing::warn!(?code, reason = %reason, "Kafka producer hit a fatal error; starting a new one");
         self.producer = producer(&self.options)?;
+        // What the old producer delivered is not in the tails read so far.
+        self.tails.forget();
         Ok(())
     }
 }
@@ -165,13 +181,20 @@ impl Sink for KafkaSink {
             .into());
         }
         self.renew_if_fatal(&message.id)?;
-        self.ensure_topic(&message.destination).await?;
+        let partitions = self.ensure_topic(&message.destination).await?;
+        let partition = partition_for(message, partitions);
+        if message.possible_replay && self.tails.contains(message, partition).await? {
+            tracing::debug!(id = %message.id, position = %message.position, partition, "already in Kafka; not sent again");
+            return Ok(Box::pin(futures::future::ready(Ok(()))));
+        }
 
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for header in &message.headers {
             headers = headers.insert(Header { key: &header.name, value: Some(&header.value) });
         }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&message.destination).headers(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&message.destination)
+            .headers(headers)
+            .partition(partition);
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }
@@ -214,6 +237,23 @@ impl Sink for KafkaSink {
             Err(_canceled) => Err(KafkaSinkError::Canceled { id }.into()),
         })))
     }
+}
+
+/// The client that reads partition tails: the producer's connection and security settings.
+fn replay_consumer(options: &KafkaOptions) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &options.brokers);
+    for (key, value) in &options.properties {
+        let shared = ["security.", "sasl.", "ssl.", "socket.", "broker.", "client."];
+        if shared.iter().any(|prefix| key.starts_with(prefix)) {
+            config.set(key, value);
+        }
+    }
+    config
+        .set("group.id", format!("outbox-relay.{}.replay-check", options.pipeline))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    config
 }
 
 fn producer(options: &KafkaOptions) -> Result<FutureProducer<RelayContext>, KafkaSinkError> {

@@ -324,6 +324,11 @@ fn properties(message: &Message) -> BasicProperties {
             AMQPValue::LongString(LongString::from(header.value.as_str())),
         );
     }
+    if message.possible_replay {
+        // May have been delivered before: consumers check their inbox (AMQP has no
+        // publisher-side redelivered flag).
+        headers.insert(outbox_relay_core::headers::REDELIVERED.into(), AMQPValue::Boolean(true));
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut properties = BasicProperties::default()
         .with_message_id(message.id.as_str().into())
