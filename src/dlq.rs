@@ -93,25 +93,42 @@ pub(crate) async fn redrive(config: &Config, ids: &[String]) -> Result<usize, Re
         .await?;
     let what = "putting a dead letter back";
     let client = session.client_mut();
-    let tx = client.transaction().await.map_err(|source| query_error(what, source))?;
+    let mut tx = client.transaction().await.map_err(|source| query_error(what, source))?;
+    let mut done = 0;
     for row in &selected {
         let seq: i64 = row.get(0);
         let message: bool = row.get(1);
-        if message {
-            tx.execute(emit, &[&seq]).await
+        // Each row under a savepoint: one that cannot go back is reported and left live.
+        let savepoint =
+            tx.savepoint("redrive").await.map_err(|source| query_error(what, source))?;
+        let put_back = if message {
+            savepoint.execute(emit, &[&seq]).await
         } else {
-            tx.execute(&insert, &[&seq, &outbox.payload_column]).await
+            savepoint.execute(&insert, &[&seq, &outbox.payload_column]).await
+        };
+        match put_back {
+            Ok(_) => {
+                savepoint
+                    .execute(
+                        "update outbox_relay.dead_letters set redriven_at = now() where seq = $1",
+                        &[&seq],
+                    )
+                    .await
+                    .map_err(|source| query_error(what, source))?;
+                savepoint.commit().await.map_err(|source| query_error(what, source))?;
+                done += 1;
+            }
+            Err(error) => {
+                savepoint.rollback().await.map_err(|source| query_error(what, source))?;
+                eprintln!(
+                    "dead letter #{seq} stays: it cannot be put back: {}",
+                    crate::sink::chain(&error)
+                );
+            }
         }
-        .map_err(|source| query_error(what, source))?;
-        tx.execute(
-            "update outbox_relay.dead_letters set redriven_at = now() where seq = $1",
-            &[&seq],
-        )
-        .await
-        .map_err(|source| query_error(what, source))?;
     }
     tx.commit().await.map_err(|source| query_error(what, source))?;
-    Ok(selected.len())
+    Ok(done)
 }
 
 async fn connect(config: &Config) -> Result<Session, RelayError> {

@@ -69,30 +69,17 @@ enum Ending {
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Least time between two checkpoint writes.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// How often the held keys are read again (a redrive releases them).
-const HELD_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 /// Keys held behind a dead letter (`dead_letter_same_key = "wait"`): key → the first entry set
-/// aside for it.
+/// aside for it. A key found here is checked against the table before it holds a message, so a
+/// redrive (which commits its rows and marks them redriven together) releases it at once.
 struct Held {
     keys: HashMap<String, String>,
-    refreshed: Instant,
 }
 
 impl Held {
     async fn load(state: &RelayState) -> Result<Self, ConnectorError> {
-        Ok(Self { keys: state.held_keys().await?, refreshed: Instant::now() })
-    }
-
-    async fn refresh_if_due(&mut self, state: &RelayState) -> Result<(), ConnectorError> {
-        if self.refreshed.elapsed() >= HELD_REFRESH_EVERY {
-            *self = Self::load(state).await?;
-        }
-        Ok(())
-    }
-
-    fn first_for(&self, key: Option<&str>) -> Option<&str> {
-        self.keys.get(key?).map(String::as_str)
+        Ok(Self { keys: state.held_keys().await? })
     }
 }
 
@@ -135,6 +122,18 @@ impl Records<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The dead letter a message of `key` is held behind, if any.
+    async fn held_behind(&mut self, key: Option<&str>) -> Result<Option<String>, ConnectorError> {
+        let Some(key) = key.filter(|k| self.held.keys.contains_key(*k)) else { return Ok(None) };
+        match self.state.first_held(key).await? {
+            Some(first) => Ok(Some(first)),
+            None => {
+                self.held.keys.remove(key);
+                Ok(None)
+            }
+        }
     }
 
     /// Whether `position` may have been sent by an earlier run.
@@ -242,7 +241,14 @@ where
                     }
                 }
             };
-            if let Some(first) = records.held.first_for(message.key.as_deref()).map(str::to_owned) {
+            let behind = match records.held_behind(message.key.as_deref()).await {
+                Ok(behind) => behind,
+                Err(error) => {
+                    ending = Some(Ending::SourceFailed(error));
+                    break;
+                }
+            };
+            if let Some(first) = behind {
                 let reason = format!("held behind dead letter {first} (same key)");
                 match records.set_aside(&message, &reason, Some(&first)).await {
                     Ok(()) => {
@@ -268,6 +274,8 @@ where
                 }
             }
         }
+        // Entries set aside (never sent) may complete the prefix on their own.
+        acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await;
         metrics.in_flight.set(tracker.outstanding() as i64);
         if recovering && metrics.state() == Activity::Running {
             records.announce(Activity::Retrying, last_failure.as_deref()).await;
@@ -357,10 +365,7 @@ where
                         recovering = true;
                     }
                 }
-                if let Some((position, count)) = tracker.take_confirmed_prefix() {
-                    metrics.acknowledged.inc_by(count as u64);
-                    ack_tx.send_replace(Some(position));
-                    records.checkpoint(position, false).await;
+                if acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await {
                     attempt = 0;
                 }
             }
@@ -381,23 +386,30 @@ where
                 metrics.retries.inc();
                 let mut resend = tracker.resend_all(Instant::now().into_std()).into_iter();
                 recovering = false;
-                while let Some((ticket, message)) = resend.next() {
-                    if let Some(first) = records.held.first_for(message.key.as_deref()).map(str::to_owned) {
-                        let reason = format!("held behind dead letter {first} (same key)");
-                        match records.set_aside(&message, &reason, Some(&first)).await {
-                            Ok(()) => {
-                                tracker.unsend(ticket);
-                                tracker.settle_failed(ticket);
-                                continue;
+                                while let Some((ticket, message)) = resend.next() {
+                    // Set aside (held behind an earlier dead letter of its key), or sent.
+                    let held = match records.held_behind(message.key.as_deref()).await {
+                        Ok(None) => Ok(false),
+                        Ok(Some(first)) => {
+                            let reason = format!("held behind dead letter {first} (same key)");
+                            records.set_aside(&message, &reason, Some(&first)).await.map(|()| true)
+                        }
+                        Err(error) => Err(error),
+                    };
+                    match held {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            tracker.unsend(ticket);
+                            tracker.settle_failed(ticket);
+                            continue;
+                        }
+                        Err(error) => {
+                            tracker.unsend(ticket);
+                            for (unsent, _) in resend.by_ref() {
+                                tracker.unsend(unsent);
                             }
-                            Err(error) => {
-                                tracker.unsend(ticket);
-                                for (unsent, _) in resend.by_ref() {
-                                    tracker.unsend(unsent);
-                                }
-                                ending = Some(Ending::SourceFailed(error));
-                                break;
-                            }
+                            ending = Some(Ending::SourceFailed(error));
+                            break;
                         }
                     }
                     match sink.send(&message).await {
@@ -413,11 +425,7 @@ where
                         }
                     }
                 }
-                if let Some((position, count)) = tracker.take_confirmed_prefix() {
-                    metrics.acknowledged.inc_by(count as u64);
-                    ack_tx.send_replace(Some(position));
-                    records.checkpoint(position, false).await;
-                }
+                acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await;
             }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::warn!(unconfirmed = tracker.outstanding(), "grace period over; unconfirmed messages will be sent again after restart");
@@ -431,7 +439,7 @@ where
                         Some(upto) => records.state.note_sending(upto).await.map_err(ConnectorError::from),
                         None => Ok(()),
                     };
-                    match noted.and(records.held.refresh_if_due(records.state).await) {
+                                        match noted {
                         Ok(()) => pending.extend(batch),
                         Err(error) => ending = Some(Ending::SourceFailed(error)),
                     }
@@ -442,11 +450,9 @@ where
     }
 
     // Acknowledge the final confirmed prefix, let the source apply it, and stop it.
-    if let Some((position, count)) = tracker.take_confirmed_prefix() {
-        metrics.acknowledged.inc_by(count as u64);
-        ack_tx.send_replace(Some(position));
-    }
-    if let Some(position) = *ack_tx.borrow() {
+    acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await;
+    let last = *ack_tx.borrow();
+    if let Some(position) = last {
         records.checkpoint(position, true).await;
     }
     drop(ack_tx);
@@ -471,6 +477,20 @@ where
         Ending::SourceFailed(error) => source_outcome(error),
         Ending::Shutdown => Ok(Exit::Shutdown),
     }
+}
+
+/// Pops the confirmed prefix and hands its end to the source (and, now and then, to the
+/// checkpoint). Returns whether the prefix advanced.
+async fn acknowledge_prefix(
+    tracker: &mut AckTracker,
+    ack_tx: &watch::Sender<Option<Position>>,
+    records: &mut Records<'_>,
+) -> bool {
+    let Some((position, count)) = tracker.take_confirmed_prefix() else { return false };
+    records.telemetry.metrics.acknowledged.inc_by(count as u64);
+    ack_tx.send_replace(Some(position));
+    records.checkpoint(position, false).await;
+    true
 }
 
 /// Halt or set aside, by policy; failures that are nobody's message always halt.

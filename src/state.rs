@@ -151,6 +151,23 @@ impl RelayState {
         Ok(())
     }
 
+    /// The first live dead letter of `key`, if the key is still held.
+    pub(crate) async fn first_held(&self, key: &str) -> Result<Option<String>, PostgresError> {
+        let row = self
+            .session
+            .timed(
+                "checking a held key",
+                self.session.client().query_opt(
+                    "select entry_id from outbox_relay.dead_letters \
+                     where pipeline = $1 and shard_key = $2 and redriven_at is null \
+                     order by seq limit 1",
+                    &[&self.pipeline, &key],
+                ),
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Shard keys with live dead letters, each with the first entry set aside for it.
     pub(crate) async fn held_keys(&self) -> Result<HashMap<String, String>, PostgresError> {
         let rows = self

@@ -1,0 +1,257 @@
+//! `pipeline.on_poison = "dead-letter"`: poison entries are set aside with their reason, the
+//! rest keeps flowing, and `dlq redrive` delivers them after a fix.
+
+mod support;
+
+use std::time::Duration;
+
+use lapin::options::QueueBindOptions;
+use lapin::types::FieldTable;
+use support::kafka::{create_topic, read_all};
+use support::pg::{connect, count, fresh_database};
+use support::rabbit::drain;
+use support::relay::{command, migrate, Relay};
+use support::{services, unique, wait_for};
+use tokio_postgres::Client;
+
+fn kafka_config(db: &str, prefix: &str, same_key: &str, extra: &str) -> String {
+    format!(
+        r#"
+[postgres]
+url = "{db}"
+[pipeline]
+on_poison = "dead-letter"
+dead_letter_same_key = "{same_key}"
+retry_max_backoff = "1s"
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+metadata_timeout = "2s"
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+{extra}
+"#,
+        brokers = services().kafka
+    )
+}
+
+/// Inserts one row per call (in order); returns its id.
+async fn row(client: &Client, aggregatetype: &str, key: &str, payload: &str) -> String {
+    client
+        .query_one(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), $1, $2, 'T', $3::text::jsonb) returning id::text",
+            &[&aggregatetype, &key, &payload],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn drained(client: &Client) {
+    wait_for("the outbox to drain", Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+}
+
+async fn ids(topic: &str) -> Vec<String> {
+    read_all(&services().kafka, topic)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|r| r.header("id").unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_rows_are_set_aside_the_rest_flows_and_redrive_delivers_after_a_fix() {
+    let db = fresh_database("dlq").await;
+    let prefix = unique("dlq");
+    let (orders, missing) = (format!("{prefix}.order"), format!("{prefix}.missing"));
+    create_topic(&services().kafka, &orders, 1).await;
+    let config = kafka_config(&db, &prefix, "continue", "[route.headers]\ntenant = \"${tenant}\"");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client.batch_execute("alter table outbox add column tenant text default 'acme'").await.unwrap();
+    let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(2_000_000));
+    let a = row(&client, "order", "k1", "{}").await;
+    let b = row(&client, "missing", "k2", "{}").await; // no such topic
+    let c = row(&client, "order", "k3", "{}").await;
+    client.execute("update outbox set tenant = null where id::text = $1", &[&c]).await.unwrap(); // NULL header
+    let d = row(&client, "order", "k4", &big).await; // over 1 MB
+    let e = row(&client, "order", "k2", "{}").await; // same key as b: continues
+
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    drained(client).await;
+    assert_eq!(ids(&orders).await, vec![a.clone(), e.clone()], "the rest flowed, in order");
+    let list = command(&config, &["dlq", "list"]).await.stdout;
+    for (id, reason) in [
+        (&b, "does not exist: create it"),
+        (&c, "header \"tenant\": column \"tenant\" is NULL"),
+        (&d, "over the limit of 1000000 bytes"),
+    ] {
+        let line = list
+            .lines()
+            .position(|l| l.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("{id} listed:\n{list}"));
+        assert!(list.lines().nth(line + 1).unwrap().contains(reason), "{id}: {reason}\n{list}");
+    }
+    let status = command(&config, &["status"]).await;
+    assert!(status.stdout.contains("dead letters: 3 live"), "{status:?}");
+    assert_eq!(relay.metric("outbox_relay_dead_letters_total").await, Some(3.0));
+
+    // Fix two of them and put everything back: those two go out, the oversize one is set aside
+    // again.
+    create_topic(&services().kafka, &missing, 1).await;
+    client
+        .execute(
+            "update outbox_relay.dead_letters set fields = fields || '{\"tenant\": \"fixed\"}' where entry_id = $1",
+            &[&c],
+        )
+        .await
+        .unwrap();
+    let out = command(&config, &["dlq", "redrive", "--all"]).await;
+    assert!(out.stdout.contains("put 3 dead letter(s) back"), "{out:?}");
+    drained(client).await;
+    assert_eq!(ids(&orders).await, vec![a, e, c]);
+    assert_eq!(ids(&missing).await, vec![b]);
+    let list = command(&config, &["dlq", "list"]).await.stdout;
+    assert!(list.contains(&d) && list.lines().count() == 2, "only the oversize row stays:\n{list}");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_later_entries_of_the_key_are_held_and_redriven_in_order() {
+    let db = fresh_database("dlq_wait").await;
+    let prefix = unique("dlqwait");
+    let (orders, missing) = (format!("{prefix}.order"), format!("{prefix}.missing"));
+    create_topic(&services().kafka, &orders, 1).await;
+    let config = kafka_config(&db, &prefix, "wait", "");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let a1 = row(&client, "order", "a", "{}").await;
+    let a2 = row(&client, "missing", "a", "{}").await; // poison
+    let a3 = row(&client, "order", "a", "{}").await; // held behind a2
+    let b1 = row(&client, "order", "b", "{}").await;
+
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    drained(client).await;
+    assert_eq!(ids(&orders).await, vec![a1.clone(), b1.clone()]);
+    let held: Option<String> = client
+        .query_one("select held_behind from outbox_relay.dead_letters where entry_id = $1", &[&a3])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held.as_ref(), Some(&a2), "a3 waits behind a2");
+    let a4 = row(client, "order", "a", "{}").await; // still held while a2 is dead
+    drained(client).await;
+    assert_eq!(ids(&orders).await, vec![a1.clone(), b1.clone()]);
+
+    create_topic(&services().kafka, &missing, 1).await;
+    let out = command(&config, &["dlq", "redrive", "--id", &a2]).await;
+    assert!(out.stdout.contains("put 3 dead letter(s) back"), "{out:?}");
+    drained(client).await;
+    assert_eq!(ids(&missing).await, vec![a2]);
+    assert_eq!(ids(&orders).await, vec![a1, b1, a3, a4], "the key's entries, in order");
+    assert!(command(&config, &["dlq", "list"]).await.stdout.contains("no dead letters"));
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_message_is_set_aside_and_redriven_once_a_queue_is_bound() {
+    let db = fresh_database("dlq_amqp").await;
+    let prefix = unique("dlqamqp");
+    let config = format!(
+        r#"
+[postgres]
+url = "{db}"
+[pipeline]
+on_poison = "dead-letter"
+retry_max_backoff = "1s"
+[sink]
+kind = "rabbitmq"
+url = "{amqp}"
+[[sink.exchanges]]
+name = "{prefix}.order"
+kind = "direct"
+[[sink.queues]]
+name = "{prefix}"
+[[sink.bindings]]
+queue = "{prefix}"
+exchange = "{prefix}.order"
+routing_key = "a"
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"#,
+        amqp = services().amqp
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let first = row(&client, "order", "a", "{}").await;
+    let lost = row(&client, "order", "b", "{}").await; // no binding for "b"
+    let last = row(&client, "order", "a", "{}").await;
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    drained(client).await;
+    let got: Vec<String> =
+        drain(&services().amqp, &prefix).await.into_iter().map(|d| d.message_id.unwrap()).collect();
+    assert!(got.contains(&first) && got.contains(&last) && !got.contains(&lost), "{got:?}");
+    assert!(command(&config, &["dlq", "list"]).await.stdout.contains("is unroutable"));
+
+    let connection = support::rabbit::connect(&services().amqp).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_bind(
+            prefix.as_str().into(),
+            format!("{prefix}.order").as_str().into(),
+            "b".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert!(command(&config, &["dlq", "redrive", "--all"])
+        .await
+        .stdout
+        .contains("put 1 dead letter(s) back"));
+    drained(client).await;
+    let got: Vec<String> =
+        drain(&services().amqp, &prefix).await.into_iter().map(|d| d.message_id.unwrap()).collect();
+    assert_eq!(got, vec![lost]);
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_logical_message_is_set_aside_with_its_reason() {
+    let db = fresh_database("dlq_wal").await;
+    let (slot, prefix) = (unique("slot"), unique("dlqwal"));
+    let orders = format!("{prefix}.order");
+    create_topic(&services().kafka, &orders, 1).await;
+    let config = format!(
+        "{}\n[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
+        kafka_config(&db, &prefix, "continue", "")
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .execute("select pg_logical_emit_message(true, 'outbox', 'not json')", &[])
+        .await
+        .unwrap();
+    let good = row(&client, "order", "k", "{}").await;
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    drained(client).await;
+    assert_eq!(ids(&orders).await, vec![good]);
+    let list = command(&config, &["dlq", "list"]).await.stdout;
+    assert!(list.contains("the logical message is not a JSON envelope"), "{list}");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+    let admin = connect(&services().pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+}
