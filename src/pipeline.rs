@@ -91,14 +91,18 @@ struct Records<'a> {
     held: Held,
     horizon: Option<Position>,
     last_checkpoint: Instant,
+    /// What was last announced, so an unchanged state is not written again.
+    announced: Option<(Activity, Option<String>)>,
 }
 
 impl Records<'_> {
     /// Announces what the relay is doing, to metrics and to `outbox_relay.pipelines`.
     async fn announce(&mut self, activity: Activity, detail: Option<&str>) {
-        if self.telemetry.metrics.state() == activity && detail.is_none() {
+        let said = (activity, detail.map(str::to_owned));
+        if self.telemetry.metrics.state() == activity && self.announced.as_ref() == Some(&said) {
             return;
         }
+        self.announced = Some(said);
         self.telemetry.metrics.set_state(activity);
         if let Err(error) = self.state.note_state(activity.as_str(), detail).await {
             tracing::warn!(error = %error, "cannot record the relay's state");
@@ -181,8 +185,15 @@ where
         .await
         .map_err(|source| RelayError::Fatal { what: "reading dead letters failed", source })?;
     let horizon = state.replay_horizon();
-    let mut records =
-        Records { state, settings, telemetry, held, horizon, last_checkpoint: Instant::now() };
+    let mut records = Records {
+        state,
+        settings,
+        telemetry,
+        held,
+        horizon,
+        last_checkpoint: Instant::now(),
+        announced: None,
+    };
     let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Entry>>(1);
     let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
     let stop_reading = CancellationToken::new();
@@ -208,6 +219,9 @@ where
     let mut deadline: Option<Instant> = None;
     let mut last_failure: Option<String> = None;
     records.announce(Activity::Running, None).await;
+    // How often the sink's own view of the broker is looked at (see `Sink::trouble`).
+    let mut health_check = tokio::time::interval(Duration::from_secs(1));
+    health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         // Send what the window allows, in order (on shutdown too: the source ends the stream at
@@ -427,6 +441,17 @@ where
                 }
                 acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await;
             }
+            _ = health_check.tick(), if ending.is_none() && !recovering => {
+                // Messages wait while the client retries on its own: say so (the "circuit" is
+                // open), and say when it closes again.
+                match sink.trouble().filter(|_| tracker.outstanding() > 0) {
+                    Some(reason) => records.announce(Activity::Retrying, Some(&reason)).await,
+                    None if metrics.state() == Activity::Retrying => {
+                        records.announce(Activity::Running, None).await;
+                    }
+                    None => {}
+                }
+            }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::warn!(unconfirmed = tracker.outstanding(), "grace period over; unconfirmed messages will be sent again after restart");
                 break;
@@ -439,7 +464,7 @@ where
                         Some(upto) => records.state.note_sending(upto).await.map_err(ConnectorError::from),
                         None => Ok(()),
                     };
-                                        match noted {
+                    match noted {
                         Ok(()) => pending.extend(batch),
                         Err(error) => ending = Some(Ending::SourceFailed(error)),
                     }

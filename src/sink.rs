@@ -78,6 +78,15 @@ impl Sink for AnySink {
             AnySink::Rabbit(sink) => sink.send(message).await,
         }
     }
+
+    fn trouble(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(sink) => sink.trouble(),
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(sink) => sink.trouble(),
+        }
+    }
 }
 
 #[cfg(feature = "rabbitmq")]

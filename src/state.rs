@@ -23,7 +23,6 @@ pub(crate) struct RelayState {
     horizon: Option<Position>,
     max_sent: Option<Position>,
     acked: Option<Position>,
-    state: Option<String>,
 }
 
 impl RelayState {
@@ -47,7 +46,7 @@ impl RelayState {
             Some(row) => (parse(row.get(0)), parse(row.get(1))),
             None => (None, None),
         };
-        Ok(Self { session, pipeline, horizon: max_sent, max_sent, acked, state: None })
+        Ok(Self { session, pipeline, horizon: max_sent, max_sent, acked })
     }
 
     /// Messages at or below this position may have been sent by an earlier run.
@@ -93,15 +92,12 @@ impl RelayState {
         Ok(())
     }
 
-    /// Records what the relay is doing (on change only).
+    /// Records what the relay is doing (the caller skips unchanged states).
     pub(crate) async fn note_state(
         &mut self,
         state: &str,
         detail: Option<&str>,
     ) -> Result<(), PostgresError> {
-        if self.state.as_deref() == Some(state) && detail.is_none() {
-            return Ok(());
-        }
         self.session
             .timed(
                 "recording the relay's state",
@@ -113,7 +109,6 @@ impl RelayState {
                 ),
             )
             .await?;
-        self.state = Some(state.to_owned());
         Ok(())
     }
 

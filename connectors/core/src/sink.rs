@@ -24,4 +24,11 @@ pub trait Sink: Send {
         &mut self,
         message: &Message,
     ) -> impl Future<Output = Result<Confirm, ConnectorError>> + Send;
+
+    /// Why the broker is not taking messages right now, when the client retries on its own and
+    /// no confirm fails (an unreachable cluster, say); `None` when all is well or unknown. The
+    /// engine shows it as its state while messages wait.
+    fn trouble(&self) -> Option<String> {
+        None
+    }
 }

@@ -3,7 +3,7 @@
 //! [`QUIET_FOR`] with the number of repeats in between.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -19,9 +19,38 @@ const REMEMBERED: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct RelayContext {
     seen: Mutex<HashMap<String, (Instant, u64)>>,
+    health: Arc<Health>,
+}
+
+/// The cluster's reachability as the client reports it: set by connection-level errors,
+/// cleared by the next delivered message.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    trouble: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub(crate) fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn delivered(&self) {
+        let mut trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        if trouble.is_some() {
+            *trouble = None;
+        }
+    }
+
+    fn failing(&self, reason: String) {
+        *self.trouble.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
 }
 
 impl RelayContext {
+    pub(crate) fn new(health: Arc<Health>) -> Self {
+        Self { seen: Mutex::default(), health }
+    }
+
     /// `Some(repeats since last logged)` if `key` may be logged now.
     fn admit(&self, key: &str) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -72,6 +101,13 @@ impl ClientContext for RelayContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        if let Some(
+            C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve | C::Authentication,
+        ) = error.rdkafka_error_code()
+        {
+            self.health.failing(format!("Kafka: {reason}"));
+        }
         let code =
             error.rdkafka_error_code().map_or_else(|| error.to_string(), |c| format!("{c:?}"));
         if let Some(repeats) = self.admit(&format!("error:{code}")) {

@@ -2,6 +2,7 @@
 //! the producer; configuration that contradicts them is refused, not silently overridden.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -11,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::context::RelayContext;
+use crate::context::{Health, RelayContext};
 use crate::partition::partition_for;
 use crate::replay::Tails;
 use crate::KafkaSinkError;
@@ -63,6 +64,7 @@ enum TopicState {
 pub struct KafkaSink {
     options: KafkaOptions,
     producer: FutureProducer<RelayContext>,
+    health: Arc<Health>,
     /// Partition count of each topic seen (and checked to exist).
     partitions: HashMap<String, i32>,
     tails: Tails,
@@ -76,10 +78,11 @@ impl std::fmt::Debug for KafkaSink {
 
 impl KafkaSink {
     pub fn new(options: KafkaOptions) -> Result<Self, KafkaSinkError> {
-        let producer = producer(&options)?;
+        let health = Arc::new(Health::default());
+        let producer = producer(&options, &health)?;
         let mut tails = Tails::new(replay_consumer(&options));
         tails.reset(&options.pipeline, 0);
-        Ok(Self { options, producer, partitions: HashMap::new(), tails })
+        Ok(Self { options, producer, health, partitions: HashMap::new(), tails })
     }
 
     /// A run starts: replays of earlier runs may follow; look `window` records back for them.
@@ -162,7 +165,7 @@ impl KafkaSink {
             return Err(KafkaSinkError::ProducerFailed { id: id.into(), reason });
         }
         tracing::warn!(?code, reason = %reason, "Kafka producer hit a fatal error; starting a new one");
-        self.producer = producer(&self.options)?;
+        self.producer = producer(&self.options, &self.health)?;
         // What the old producer delivered is not in the tails read so far.
         self.tails.forget();
         Ok(())
@@ -229,13 +232,21 @@ impl Sink for KafkaSink {
         };
         let id = message.id.clone();
         let topic = message.destination.clone();
+        let health = Arc::clone(&self.health);
         Ok(Box::pin(delivery.map(move |report| match report {
-            Ok(Ok(_delivered)) => Ok(()),
+            Ok(Ok(_delivered)) => {
+                health.delivered();
+                Ok(())
+            }
             Ok(Err((source, _message))) => {
                 Err(KafkaSinkError::Produce { id, topic, source: Box::new(source) }.into())
             }
             Err(_canceled) => Err(KafkaSinkError::Canceled { id }.into()),
         })))
+    }
+
+    fn trouble(&self) -> Option<String> {
+        self.health.trouble()
     }
 }
 
@@ -256,7 +267,10 @@ fn replay_consumer(options: &KafkaOptions) -> ClientConfig {
     config
 }
 
-fn producer(options: &KafkaOptions) -> Result<FutureProducer<RelayContext>, KafkaSinkError> {
+fn producer(
+    options: &KafkaOptions,
+    health: &Arc<Health>,
+) -> Result<FutureProducer<RelayContext>, KafkaSinkError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &options.brokers);
     config.set("client.id", "outbox-relay");
@@ -267,6 +281,6 @@ fn producer(options: &KafkaOptions) -> Result<FutureProducer<RelayContext>, Kafk
         config.set(*key, *value);
     }
     config
-        .create_with_context(RelayContext::default())
+        .create_with_context(RelayContext::new(Arc::clone(health)))
         .map_err(|source| KafkaSinkError::Config { source: Box::new(source) })
 }
