@@ -37,6 +37,10 @@ pub(crate) enum Event {
     KeepAlive { wal_end: Lsn },
 }
 
+/// Most time between acknowledging a position and telling the server: after a crash the
+/// relay replays from the last position the server heard, so this bounds what is sent twice.
+const FLUSH_REPORT_EVERY: Duration = Duration::from_millis(100);
+
 /// How to open a stream.
 #[derive(Clone, Debug)]
 pub(crate) struct StreamOptions {
@@ -90,7 +94,9 @@ impl ReplicationStream {
         .with_port(port)
         .with_tls(TlsConfig::disabled())
         .with_start_lsn(WireLsn(options.start.0))
-        .with_status_interval(options.status_interval)
+        // A newer flush position goes out within FLUSH_REPORT_EVERY; while idle, status goes out
+        // every status_interval.
+        .with_status_interval(FLUSH_REPORT_EVERY.min(options.status_interval))
         .with_wakeup_interval(options.status_interval)
         .with_buffer_size(options.buffer)
         .with_application_name(&options.application_name);
