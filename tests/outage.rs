@@ -1,20 +1,22 @@
-//! Interruptions mid-run — a broker stopped or killed and restarted, the relay itself killed —
-//! lose nothing and keep each key's order. On Kafka nothing is published twice (replays are
-//! recognised in the partitions); on RabbitMQ duplicates of messages whose confirm was lost are
-//! allowed, counted, and marked.
+//! Interruptions mid-run — a broker down for 30 s, Postgres restarted, connections cut by a TCP
+//! proxy the test owns, the relay itself killed — lose nothing, keep each key's order and need
+//! no operator. On Kafka nothing is published twice (replays are recognised in the partitions);
+//! on RabbitMQ duplicates of messages whose confirm was lost are allowed, counted, and marked.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::brokers::{RabbitNode, Tansu};
 use support::check::{kafka_streams, verify, Delivered};
+use support::cluster::Cluster;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::drain;
-use support::relay::{migrate, Relay};
+use support::proxy::Proxy;
+use support::rabbit::{drain, Delivery};
+use support::relay::{command, migrate, Relay};
 use support::workload::{self, Committed, Workload};
-use support::{unique, wait_for};
+use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
 /// Rows that must pile up in the outbox while the broker is away.
@@ -82,27 +84,41 @@ topic = "{prefix}.${{aggregatetype}}"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_broker_killed_and_restarted_mid_run_loses_nothing() {
+async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
     let mut tansu = Tansu::start().await;
     let db = fresh_database("outage_kafka").await;
     let prefix = unique("ok");
     let topic = format!("{prefix}.order");
     create_topic(&tansu.brokers(), &topic, 4).await;
     let config = kafka_config(&db, &tansu.brokers(), &prefix);
+    let mut down_for = Duration::ZERO;
     let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
         tansu.kill9().await;
+        let down_since = Instant::now();
         backlog_builds_up(client).await;
+        // The open circuit is visible to operators: `status` and /readyz say why messages wait.
+        let config = &config;
+        wait_for("status to show the Kafka outage", Duration::from_secs(30), || async move {
+            let status = command(config, &["status"]).await.stdout;
+            status.contains("state:       retrying") && status.contains("last error:  Kafka:")
+        })
+        .await;
+        assert_eq!(relay.http_get("/readyz").await.as_deref(), Some("retrying\n"));
+        tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_since.elapsed())).await;
+        down_for = down_since.elapsed();
         tansu.start_again().await;
         relay
     })
     .await;
+    let status = command(&config, &["status"]).await.stdout;
+    assert!(status.contains("state:       running"), "the circuit closes again:\n{status}");
     // Replays are recognised in the partitions and not sent again: no duplicates.
     let outcome =
         verify(&kafka_streams(&read_all(&tansu.brokers(), &topic).await), &committed, false);
     stop(relay).await;
     println!(
-        "kafka outage (kill -9 + restart): {} rows committed, {} messages read, {} duplicates, \
-         0 lost, key order kept",
+        "kafka outage (kill -9, down {down_for:.1?}, restart): {} rows committed, {} messages \
+         read, {} duplicates, 0 lost, key order kept",
         committed.rows(),
         outcome.messages,
         outcome.duplicates
@@ -149,11 +165,9 @@ topic = "{prefix}.${{aggregatetype}}"
     })
     .await;
     let deliveries = drain(&node.url(), &format!("{prefix}.all")).await;
-    let stream: Vec<Delivered> = deliveries
-        .iter()
-        .map(|d| Delivered::from_payload(d.message_id.clone().unwrap(), &d.payload, d.redelivered))
-        .collect();
+    let stream: Vec<Delivered> = deliveries.iter().map(Delivery::delivered).collect();
     let outcome = verify(&[stream], &committed, true);
+    assert_eq!(outcome.unmarked_duplicates, 0, "every duplicate carries outbox-redelivered");
     stop(relay).await;
     println!(
         "rabbitmq outage (node stop + start): {} rows committed, {} messages read, {} duplicates, \
@@ -183,6 +197,161 @@ async fn relay_killed_mid_run_and_restarted_loses_nothing() {
     println!(
         "relay kill -9 + restart: {} rows committed, {} messages read, {} duplicates, 0 lost, \
          key order kept",
+        committed.rows(),
+        outcome.messages,
+        outcome.duplicates
+    );
+}
+
+/// Postgres restarted (fast shutdown: every session of the relay ends) while a backlog flows;
+/// the relay reconnects, resumes from its recorded state, and later writes flow too.
+async fn postgres_restart_case(mode: &str) {
+    let cluster = Cluster::start("wal_level = logical").await;
+    let db = cluster.url("postgres");
+    let kafka = services().kafka;
+    let prefix = unique("pr");
+    let topic = format!("{prefix}.order");
+    create_topic(&kafka, &topic, 4).await;
+    // Small batches and window: the backlog takes a while, so the restart lands mid-stream.
+    let config = format!(
+        "{}[source]\nmode = \"{mode}\"\nbatch_size = 100\n",
+        kafka_config(&db, &kafka, &prefix)
+            .replace("[pipeline]\n", "[pipeline]\nmax_in_flight = 200\n")
+    );
+    migrate(&config).await;
+    let workload =
+        Workload { rows: 30_000, keys: 200, rows_per_txn: 10..=40, ..Workload::default() };
+    let before = workload::run(&db, &workload).await;
+    let mut relay = Relay::spawn(&config);
+    let relay_ref = &relay;
+    wait_for("1 000 messages published", Duration::from_secs(60), || async move {
+        relay_ref.metric("outbox_relay_messages_published_total").await.unwrap_or(0.0) >= 1_000.0
+    })
+    .await;
+    let left = count(&connect(&db).await, "select count(*) from outbox").await;
+    assert!(left > 0, "the restart must land while the backlog flows");
+    cluster.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]).await;
+    let after = workload::run(&db, &Workload { rows: 5_000, ..workload }).await;
+    let committed = before.and_then(after);
+    let client = connect(&db).await;
+    let client = &client;
+    wait_for("the relay to empty the outbox", Duration::from_secs(180), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    assert!(relay.running(), "the relay recovers on its own:\n{}", relay.log());
+    assert!(relay.log().contains("starting again"), "the relay noticed the lost connections");
+    let outcome = verify(&kafka_streams(&read_all(&kafka, &topic).await), &committed, false);
+    stop(relay).await;
+    println!(
+        "postgres restart ({mode}): {left} rows in the outbox at the restart, {} rows committed, \
+         {} messages read, 0 duplicates, 0 lost, key order kept",
+        committed.rows(),
+        outcome.messages
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_mid_run_wal_tailing_resumes_without_an_operator() {
+    postgres_restart_case("wal").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_mid_run_polling_resumes_without_an_operator() {
+    postgres_restart_case("poll").await;
+}
+
+/// The relay's Postgres connections (replication stream, state session) cut mid-run by a proxy
+/// that also refuses new ones for 3 s; writers keep committing directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_connections_cut_by_a_proxy_mid_run_lose_nothing() {
+    let services = services();
+    let db = fresh_database("cut_pg").await;
+    let database = db.rsplit('/').next().unwrap().to_owned();
+    let server = services.pg.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(&server).await;
+    let via_proxy = format!("postgres://postgres@{}/{database}", proxy.address());
+    let prefix = unique("cp");
+    let topic = format!("{prefix}.order");
+    create_topic(&services.kafka, &topic, 4).await;
+    let slot = unique("slot");
+    let config = format!(
+        "{}[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
+        kafka_config(&via_proxy, &services.kafka, &prefix)
+    );
+    let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
+        proxy.cut();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.restore();
+        relay
+    })
+    .await;
+    assert!(relay.running(), "the relay recovers on its own:\n{}", relay.log());
+    assert!(relay.log().contains("starting again"), "the relay noticed the lost connections");
+    let outcome =
+        verify(&kafka_streams(&read_all(&services.kafka, &topic).await), &committed, false);
+    stop(relay).await;
+    let admin = connect(&services.pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+    println!(
+        "postgres connections cut (wal): {} rows committed, {} messages read, 0 duplicates, \
+         0 lost, key order kept",
+        committed.rows(),
+        outcome.messages
+    );
+}
+
+/// The relay's RabbitMQ connections cut mid-run by a proxy that refuses new ones for 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_connections_cut_by_a_proxy_mid_run_lose_nothing() {
+    let services = services();
+    let db = fresh_database("cut_rabbit").await;
+    let (user_info, rest) = services.amqp.split_once('@').unwrap();
+    let (server, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let proxy = Proxy::start(server).await;
+    let via_proxy = format!("{user_info}@{}/{vhost}", proxy.address());
+    let prefix = unique("cr");
+    let config = format!(
+        r##"
+[postgres]
+url = "{db}"
+[pipeline]
+retry_max_backoff = "2s"
+[sink]
+kind = "rabbitmq"
+url = "{via_proxy}"
+connect_timeout = "2s"
+[[sink.exchanges]]
+name = "{prefix}.order"
+kind = "topic"
+[[sink.queues]]
+name = "{prefix}.all"
+[[sink.bindings]]
+queue = "{prefix}.all"
+exchange = "{prefix}.order"
+routing_key = "#"
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"##
+    );
+    let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
+        proxy.cut();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.restore();
+        relay
+    })
+    .await;
+    assert!(relay.running(), "the relay recovers on its own:\n{}", relay.log());
+    let retries = relay.metric("outbox_relay_retries_total").await.unwrap_or(0.0);
+    assert!(retries > 0.0, "the relay noticed the lost connections");
+    let deliveries = drain(&services.amqp, &format!("{prefix}.all")).await;
+    let stream: Vec<Delivered> = deliveries.iter().map(Delivery::delivered).collect();
+    let outcome = verify(&[stream], &committed, true);
+    assert_eq!(outcome.unmarked_duplicates, 0, "every duplicate carries outbox-redelivered");
+    stop(relay).await;
+    println!(
+        "rabbitmq connections cut: {} rows committed, {} messages read, {} duplicates (all \
+         marked), 0 lost, key order kept",
         committed.rows(),
         outcome.messages,
         outcome.duplicates

@@ -75,7 +75,7 @@ async fn concurrent_out_of_order_commits_arrive_exactly_once_in_commit_order_per
                 let id = d.message_id.clone().expect("message_id");
                 assert_eq!(d.header("id"), Some(id.as_str()));
                 assert_eq!(d.header("type"), Some("OrderUpdated"));
-                Delivered::from_payload(id, &d.payload, d.redelivered)
+                d.delivered()
             })
             .collect();
         streams.push(stream);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use support::check::{kafka_streams, verify, Delivered};
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::drain;
+use support::rabbit::{drain, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Via, Workload};
 use support::{services, unique, wait_for};
@@ -157,18 +157,7 @@ async fn concurrent_commits_arrive_exactly_once_in_commit_order_rabbitmq() {
     let mut streams = Vec::new();
     for q in 0..2 {
         let deliveries = drain(&services().amqp, &format!("{prefix}.q{q}")).await;
-        streams.push(
-            deliveries
-                .iter()
-                .map(|d| {
-                    Delivered::from_payload(
-                        d.message_id.clone().unwrap(),
-                        &d.payload,
-                        d.redelivered,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
+        streams.push(deliveries.iter().map(Delivery::delivered).collect::<Vec<_>>());
     }
     let outcome = verify(&streams, &committed, false);
     assert_eq!(outcome.messages, workload.rows);

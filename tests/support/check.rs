@@ -51,6 +51,8 @@ pub fn kafka_streams(partitions: &[Vec<Record>]) -> Vec<Vec<Delivered>> {
 pub struct Outcome {
     pub messages: usize,
     pub duplicates: usize,
+    /// Duplicates not flagged as a possible redelivery.
+    pub unmarked_duplicates: usize,
 }
 
 /// Asserts: every committed row delivered, no rolled-back row delivered, each key in exactly
@@ -65,6 +67,8 @@ pub fn verify(
     let mut problems = String::new();
     let mut seen: HashSet<&str> = HashSet::new();
     let mut duplicates = 0usize;
+    let mut unmarked_duplicates = 0usize;
+
     let mut stream_of_key: HashMap<&str, usize> = HashMap::new();
     let mut versions: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     let mut messages = 0usize;
@@ -73,6 +77,10 @@ pub fn verify(
             messages += 1;
             if !seen.insert(&message.id) {
                 duplicates += 1;
+                if !message.redelivered {
+                    unmarked_duplicates += 1;
+                }
+
                 if !allow_duplicates {
                     let _ = writeln!(
                         problems,
@@ -140,5 +148,5 @@ pub fn verify(
         committed.rows(),
         messages
     );
-    Outcome { messages, duplicates }
+    Outcome { messages, duplicates, unmarked_duplicates }
 }

@@ -1,8 +1,13 @@
 //! RabbitMQ helpers: a consumer that drains queues in order.
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+
+use super::check::Delivered;
 
 /// One delivery as a consumer saw it.
 #[derive(Clone, Debug)]
@@ -17,6 +22,18 @@ pub struct Delivery {
 impl Delivery {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The relay marked it as a possible redelivery (`outbox-redelivered: true`).
+    pub fn marked(&self) -> bool {
+        self.header("outbox-redelivered") == Some("true")
+    }
+
+    /// As the checks see it: id from `message_id`, key and version from the payload; a
+    /// redelivery if the broker or the relay says so.
+    pub fn delivered(&self) -> Delivered {
+        let id = self.message_id.clone().expect("message_id");
+        Delivered::from_payload(id, &self.payload, self.redelivered || self.marked())
     }
 }
 
@@ -39,11 +56,29 @@ pub async fn ready(url: &str, queue: &str) -> u32 {
 pub async fn drain(url: &str, queue: &str) -> Vec<Delivery> {
     let connection = connect(url).await;
     let channel = connection.create_channel().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(message) =
-        channel.basic_get(queue.into(), BasicGetOptions::default()).await.unwrap()
-    {
-        let delivery = &message.delivery;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let total = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count() as usize;
+    channel.basic_qos(2_000, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("{queue}: {} of {total} messages arrived", out.len()))
+            .expect("consumer open")
+            .unwrap();
         let headers = delivery
             .properties
             .headers()
@@ -57,6 +92,7 @@ pub async fn drain(url: &str, queue: &str) -> Vec<Delivery> {
                             AMQPValue::LongString(s) => {
                                 String::from_utf8_lossy(s.as_bytes()).into_owned()
                             }
+                            AMQPValue::Boolean(b) => b.to_string(),
                             other => format!("{other:?}"),
                         };
                         (k.to_string(), value)
@@ -71,7 +107,9 @@ pub async fn drain(url: &str, queue: &str) -> Vec<Delivery> {
             headers,
             payload: delivery.data.clone(),
         });
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        if out.len() % 500 == 0 || out.len() == total {
+            delivery.ack(BasicAckOptions { multiple: true }).await.unwrap();
+        }
     }
     let _ = connection.close(200, "bye".into()).await;
     out

@@ -101,6 +101,11 @@ impl Relay {
         }
     }
 
+    /// The process has not exited (it recovers from failures on its own).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
     /// Waits for the process to exit.
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");

@@ -32,6 +32,10 @@ pub struct Workload {
     pub aggregate_type: String,
     /// How entries are written.
     pub via: Via,
+    /// Rows per transaction (each for a random key; a key's rows go in one statement).
+    pub rows_per_txn: std::ops::RangeInclusive<usize>,
+    /// Pause between a writer's transactions (to spread the rows over time).
+    pub pace: Duration,
 }
 
 /// How the workload writes its outbox entries.
@@ -54,6 +58,8 @@ impl Default for Workload {
             table: "outbox".into(),
             aggregate_type: "order".into(),
             via: Via::Table,
+            rows_per_txn: 1..=3,
+            pace: Duration::ZERO,
         }
     }
 }
@@ -73,6 +79,17 @@ pub struct Committed {
 impl Committed {
     pub fn rows(&self) -> usize {
         self.ids.len()
+    }
+
+    /// What two runs on the same database committed, `later` after `self`.
+    pub fn and_then(mut self, later: Committed) -> Committed {
+        self.ids.extend(later.ids);
+        self.rolled_back_ids.extend(later.rolled_back_ids);
+        // Versions continue from the aggregates table: the later run's are the totals.
+        self.versions = later.versions;
+        self.late_commits += later.late_commits;
+        self.transactions += later.transactions;
+        self
     }
 }
 
@@ -154,18 +171,24 @@ async fn write(
 ) -> (Vec<String>, Vec<String>, Vec<Txn>) {
     let mut client = connect(url).await;
     let mut rng = StdRng::seed_from_u64(0x5EED + writer as u64);
+    // One statement per key: take the key's next `n` versions (the row lock orders writers of
+    // the key), then write its `n` entries in version order.
     let insert = match workload.via {
         Via::Table => format!(
-            "insert into {} (id, aggregatetype, aggregateid, type, payload) \
-             values (gen_random_uuid(), $1, $2, 'OrderUpdated', \
-                     jsonb_build_object('key', $2::text, 'version', $3::int, 'writer', $4::int)) \
+            "with v as (update aggregates set version = version + $3 where id = $2 returning version) \
+             insert into {} (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), $1, $2, 'OrderUpdated', \
+                    jsonb_build_object('key', $2::text, 'version', g, 'writer', $4::int) \
+             from v, generate_series(v.version - $3 + 1, v.version) g order by g \
              returning id::text, nextval('workload_order')",
             workload.table
         ),
-        Via::Message => "select e.id, nextval('workload_order') from (select gen_random_uuid()::text id) e, \
-             lateral pg_logical_emit_message(true, 'outbox', jsonb_build_object( \
+        Via::Message => "with v as (update aggregates set version = version + $3 where id = $2 returning version), \
+             e as (select gen_random_uuid()::text id, g from v, generate_series(v.version - $3 + 1, v.version) g) \
+             select e.id, nextval('workload_order'), pg_logical_emit_message(true, 'outbox', jsonb_build_object( \
                  'id', e.id, 'aggregatetype', $1::text, 'aggregateid', $2::text, 'type', 'OrderUpdated', \
-                 'payload', jsonb_build_object('key', $2::text, 'version', $3::int, 'writer', $4::int))::text)"
+                 'payload', jsonb_build_object('key', $2::text, 'version', e.g, 'writer', $4::int))::text) \
+             from e order by e.g"
             .to_owned(),
     };
     let (mut ids, mut rolled_back, mut txns) = (Vec::new(), Vec::new(), Vec::new());
@@ -173,10 +196,17 @@ async fn write(
     let mut n_txn = 0usize;
     while remaining > 0 {
         n_txn += 1;
-        let rows = remaining.min(rng.random_range(1..=3));
+        let rows = remaining.min(rng.random_range(workload.rows_per_txn.clone()));
         let mut keys: Vec<String> =
             (0..rows).map(|_| format!("k{:03}", rng.random_range(0..workload.keys))).collect();
         keys.sort(); // lock aggregates in one order: no deadlocks between writers
+        let mut groups: Vec<(String, i32)> = Vec::new();
+        for key in keys {
+            match groups.last_mut() {
+                Some((last, n)) if *last == key => *n += 1,
+                _ => groups.push((key, 1)),
+            }
+        }
         let hold = n_txn % workload.hold_every == 0;
         let rollback = n_txn % workload.rollback_every == 0;
         let hold_for = Duration::from_millis(rng.random_range(20..60));
@@ -184,23 +214,17 @@ async fn write(
         let txn = client.transaction().await.unwrap();
         let mut txn_ids = Vec::new();
         let (mut min_seq, mut max_seq) = (i64::MAX, i64::MIN);
-        for key in &keys {
-            let version: i32 = txn
-                .query_one(
-                    "update aggregates set version = version + 1 where id = $1 returning version",
-                    &[key],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            let row = txn
-                .query_one(&insert, &[&workload.aggregate_type, key, &version, &(writer as i32)])
+        for (key, n) in &groups {
+            let written = txn
+                .query(&insert, &[&workload.aggregate_type, key, n, &(writer as i32)])
                 .await
                 .unwrap();
-            txn_ids.push(row.get::<_, String>(0));
-            let seq: i64 = row.get(1);
-            min_seq = min_seq.min(seq);
-            max_seq = max_seq.max(seq);
+            for row in written {
+                txn_ids.push(row.get::<_, String>(0));
+                let seq: i64 = row.get(1);
+                min_seq = min_seq.min(seq);
+                max_seq = max_seq.max(seq);
+            }
         }
         if hold {
             tokio::time::sleep(hold_for).await;
@@ -215,6 +239,9 @@ async fn write(
         txns.push(Txn { min_seq, max_seq, commit_order });
         ids.extend(txn_ids);
         remaining -= rows;
+        if !workload.pace.is_zero() {
+            tokio::time::sleep(workload.pace).await;
+        }
     }
     (ids, rolled_back, txns)
 }
