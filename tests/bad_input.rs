@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, fresh_database};
-use support::rabbit::drain;
+use support::rabbit::{drain, topology};
 use support::relay::{command, migrate, Relay};
 use support::{free_port, services, unique, wait_for};
 use tokio_postgres::Client;
@@ -270,18 +270,11 @@ url = "{db}"
 kind = "rabbitmq"
 url = "{amqp}"
 max_message_bytes = 1048576
-[[sink.exchanges]]
-name = "{prefix}.order"
-kind = "direct"
-[[sink.queues]]
-name = "{prefix}"
-[[sink.bindings]]
-queue = "{prefix}"
-exchange = "{prefix}.order"
-routing_key = "a"
+{topology}
 [route]
 topic = "{prefix}.${{aggregatetype}}"
 "#,
+        topology = topology(&prefix, "direct", &[&prefix], "a"),
         amqp = services.amqp
     );
     let ids = halts_on_an_oversize_row(&db, &config, "1048576").await;
@@ -303,18 +296,11 @@ url = "{db}"
 [sink]
 kind = "rabbitmq"
 url = "{amqp}"
-[[sink.exchanges]]
-name = "{prefix}.order"
-kind = "direct"
-[[sink.queues]]
-name = "{prefix}"
-[[sink.bindings]]
-queue = "{prefix}"
-exchange = "{prefix}.order"
-routing_key = "a"
+{topology}
 [route]
 topic = "{prefix}.${{aggregatetype}}"
 "#,
+        topology = topology(&prefix, "direct", &[&prefix], "a"),
         amqp = services.amqp
     );
     migrate(&config).await;

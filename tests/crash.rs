@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use support::check::{kafka_streams, verify, Delivered};
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, Delivery};
+use support::rabbit::{drain, topology, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Committed, Workload};
 use support::{services, unique, wait_for};
@@ -95,10 +95,13 @@ async fn rabbit_case(mode: &str, seed: u64) {
     let (slot, prefix) = (unique("slot"), unique("cr"));
     let sink = format!(
         "[sink]\nkind = \"rabbitmq\"\nurl = \"{amqp}\"\n\
-         [[sink.exchanges]]\nname = \"{prefix}.order\"\nkind = \"x-consistent-hash\"\n\
-         [[sink.queues]]\nname = \"{prefix}.q0\"\n[[sink.queues]]\nname = \"{prefix}.q1\"\n\
-         [[sink.bindings]]\nqueue = \"{prefix}.q0\"\nexchange = \"{prefix}.order\"\nrouting_key = \"1\"\n\
-         [[sink.bindings]]\nqueue = \"{prefix}.q1\"\nexchange = \"{prefix}.order\"\nrouting_key = \"1\"\n",
+                  {topology}",
+        topology = topology(
+            &prefix,
+            "x-consistent-hash",
+            &[&format!("{prefix}.q0"), &format!("{prefix}.q1")],
+            "1"
+        ),
         amqp = services().amqp
     );
     let config = config(&db, mode, &slot, &sink, &prefix);

@@ -9,7 +9,7 @@ use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::drain;
+use support::rabbit::{drain, topology};
 use support::relay::{command, migrate, Relay};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
@@ -176,18 +176,11 @@ retry_max_backoff = "1s"
 [sink]
 kind = "rabbitmq"
 url = "{amqp}"
-[[sink.exchanges]]
-name = "{prefix}.order"
-kind = "direct"
-[[sink.queues]]
-name = "{prefix}"
-[[sink.bindings]]
-queue = "{prefix}"
-exchange = "{prefix}.order"
-routing_key = "a"
+{topology}
 [route]
 topic = "{prefix}.${{aggregatetype}}"
 "#,
+        topology = topology(&prefix, "direct", &[&prefix], "a"),
         amqp = services().amqp
     );
     migrate(&config).await;

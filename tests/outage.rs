@@ -13,7 +13,7 @@ use support::cluster::Cluster;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::proxy::Proxy;
-use support::rabbit::{drain, Delivery};
+use support::rabbit::{drain, topology, Delivery};
 use support::relay::{command, migrate, Relay};
 use support::workload::{self, Committed, Workload};
 use support::{services, unique, wait_for};
@@ -83,6 +83,27 @@ topic = "{prefix}.${{aggregatetype}}"
     )
 }
 
+/// One queue behind a topic exchange: an x-consistent-hash exchange may move keys to other
+/// queues when the node restarts (rabbitmq-server#3386), which would hide what the relay does.
+fn rabbit_config(db: &str, url: &str, prefix: &str) -> String {
+    format!(
+        r##"
+[postgres]
+url = "{db}"
+[pipeline]
+retry_max_backoff = "2s"
+[sink]
+kind = "rabbitmq"
+url = "{url}"
+connect_timeout = "2s"
+{topology}
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"##,
+        topology = topology(prefix, "topic", &[&format!("{prefix}.all")], "#"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
     let mut tansu = Tansu::start().await;
@@ -130,32 +151,7 @@ async fn rabbitmq_node_stopped_and_restarted_mid_run_loses_nothing() {
     let mut node = RabbitNode::start().await;
     let db = fresh_database("outage_rabbit").await;
     let prefix = unique("or");
-    // One queue behind a topic exchange: an x-consistent-hash exchange may move keys to other
-    // queues when the node restarts (rabbitmq-server#3386), which would hide what the relay does.
-    let config = format!(
-        r##"
-[postgres]
-url = "{db}"
-[pipeline]
-retry_max_backoff = "2s"
-[sink]
-kind = "rabbitmq"
-url = "{url}"
-connect_timeout = "2s"
-[[sink.exchanges]]
-name = "{prefix}.order"
-kind = "topic"
-[[sink.queues]]
-name = "{prefix}.all"
-[[sink.bindings]]
-queue = "{prefix}.all"
-exchange = "{prefix}.order"
-routing_key = "#"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"##,
-        url = node.url()
-    );
+    let config = rabbit_config(&db, &node.url(), &prefix);
     let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
         node.stop().await;
         backlog_builds_up(client).await;
@@ -311,29 +307,7 @@ async fn rabbitmq_connections_cut_by_a_proxy_mid_run_lose_nothing() {
     let proxy = Proxy::start(server).await;
     let via_proxy = format!("{user_info}@{}/{vhost}", proxy.address());
     let prefix = unique("cr");
-    let config = format!(
-        r##"
-[postgres]
-url = "{db}"
-[pipeline]
-retry_max_backoff = "2s"
-[sink]
-kind = "rabbitmq"
-url = "{via_proxy}"
-connect_timeout = "2s"
-[[sink.exchanges]]
-name = "{prefix}.order"
-kind = "topic"
-[[sink.queues]]
-name = "{prefix}.all"
-[[sink.bindings]]
-queue = "{prefix}.all"
-exchange = "{prefix}.order"
-routing_key = "#"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"##
-    );
+    let config = rabbit_config(&db, &via_proxy, &prefix);
     let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
         proxy.cut();
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use support::check::{kafka_streams, verify, Delivered};
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, Delivery};
+use support::rabbit::{drain, topology, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Via, Workload};
 use support::{services, unique, wait_for};
@@ -137,10 +137,13 @@ async fn concurrent_commits_arrive_exactly_once_in_commit_order_rabbitmq() {
     let (slot, prefix) = (unique("slot"), unique("wr"));
     let sink = format!(
         "[sink]\nkind = \"rabbitmq\"\nurl = \"{amqp}\"\n\
-         [[sink.exchanges]]\nname = \"{prefix}.order\"\nkind = \"x-consistent-hash\"\n\
-         [[sink.queues]]\nname = \"{prefix}.q0\"\n[[sink.queues]]\nname = \"{prefix}.q1\"\n\
-         [[sink.bindings]]\nqueue = \"{prefix}.q0\"\nexchange = \"{prefix}.order\"\nrouting_key = \"1\"\n\
-         [[sink.bindings]]\nqueue = \"{prefix}.q1\"\nexchange = \"{prefix}.order\"\nrouting_key = \"1\"\n",
+                  {topology}",
+        topology = topology(
+            &prefix,
+            "x-consistent-hash",
+            &[&format!("{prefix}.q0"), &format!("{prefix}.q1")],
+            "1"
+        ),
         amqp = services().amqp
     );
     let config = config(&db, &slot, &sink, &prefix, "");

@@ -37,6 +37,19 @@ impl Delivery {
     }
 }
 
+/// Sink topology (TOML): the exchange `<prefix>.order` of `kind` and `queues`, each bound to it
+/// with `routing_key` (for `x-consistent-hash`, the weight).
+pub fn topology(prefix: &str, kind: &str, queues: &[&str], routing_key: &str) -> String {
+    let mut toml = format!("[[sink.exchanges]]\nname = \"{prefix}.order\"\nkind = \"{kind}\"\n");
+    for queue in queues {
+        toml.push_str(&format!(
+            "[[sink.queues]]\nname = \"{queue}\"\n[[sink.bindings]]\nqueue = \"{queue}\"\n\
+             exchange = \"{prefix}.order\"\nrouting_key = \"{routing_key}\"\n"
+        ));
+    }
+    toml
+}
+
 pub async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default()).await.unwrap()
 }
