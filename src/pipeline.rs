@@ -102,10 +102,11 @@ impl Records<'_> {
         if self.telemetry.metrics.state() == activity && self.announced.as_ref() == Some(&said) {
             return;
         }
-        self.announced = Some(said);
         self.telemetry.metrics.set_state(activity);
-        if let Err(error) = self.state.note_state(activity.as_str(), detail).await {
-            tracing::warn!(error = %error, "cannot record the relay's state");
+        // Remembered only once written, so a failed write is tried again on the next announce.
+        match self.state.note_state(activity.as_str(), detail).await {
+            Ok(()) => self.announced = Some(said),
+            Err(error) => tracing::warn!(error = %error, "cannot record the relay's state"),
         }
     }
 
