@@ -145,29 +145,7 @@ impl Router {
     /// Routes one entry. `Err` means the entry is poison (see the module invariant).
     pub(crate) fn route(&self, entry: Entry) -> Result<Message, Box<Poisoned>> {
         match self.render(&entry) {
-            Ok((destination, key, mut headers)) => {
-                let Entry {
-                    id,
-                    position,
-                    fields,
-                    payload,
-                    payload_kind,
-                    headers: extra,
-                    defect: _,
-                } = entry;
-                headers.extend(extra);
-                Ok(Message {
-                    id,
-                    position,
-                    destination,
-                    key,
-                    headers,
-                    payload,
-                    payload_kind,
-                    fields,
-                    possible_replay: false,
-                })
-            }
+            Ok((destination, key, headers)) => Ok(into_message(entry, destination, key, headers)),
             Err(reason) => {
                 let error =
                     RelayError::Route { id: entry.id.clone(), position: entry.position, reason };
@@ -181,18 +159,7 @@ impl Router {
     pub(crate) fn unroutable(&self, entry: Entry) -> Message {
         let destination = self.topic.render(&entry).unwrap_or_default();
         let key = self.key.as_ref().and_then(|k| k.render(&entry).ok());
-        let Entry { id, position, fields, payload, payload_kind, headers, defect: _ } = entry;
-        Message {
-            id,
-            position,
-            destination,
-            key,
-            headers,
-            payload,
-            payload_kind,
-            fields,
-            possible_replay: false,
-        }
+        into_message(entry, destination, key, Vec::new())
     }
 
     /// Destination, key and headers of `entry`, or why it has none.
@@ -223,6 +190,28 @@ impl Router {
             headers.push(Header { name: Arc::clone(name), value });
         }
         Ok((destination, key, headers))
+    }
+}
+
+/// `entry` as a message to `destination`: `headers` first, then the entry's own.
+fn into_message(
+    entry: Entry,
+    destination: String,
+    key: Option<String>,
+    mut headers: Vec<Header>,
+) -> Message {
+    let Entry { id, position, fields, payload, payload_kind, headers: own, defect: _ } = entry;
+    headers.extend(own);
+    Message {
+        id,
+        position,
+        destination,
+        key,
+        headers,
+        payload,
+        payload_kind,
+        fields,
+        possible_replay: false,
     }
 }
 

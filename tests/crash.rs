@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use support::check::{kafka_streams, verify, Delivered};
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, topology, Delivery};
+use support::rabbit::{drain, two_hashed_queues, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Committed, Workload};
 use support::{services, unique, wait_for};
@@ -93,17 +93,7 @@ async fn kafka_case(mode: &str, seed: u64) {
 async fn rabbit_case(mode: &str, seed: u64) {
     let db = fresh_database(&format!("crash_rabbit_{mode}")).await;
     let (slot, prefix) = (unique("slot"), unique("cr"));
-    let sink = format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"{amqp}\"\n\
-                  {topology}",
-        topology = topology(
-            &prefix,
-            "x-consistent-hash",
-            &[&format!("{prefix}.q0"), &format!("{prefix}.q1")],
-            "1"
-        ),
-        amqp = services().amqp
-    );
+    let sink = two_hashed_queues(&services().amqp, &prefix);
     let config = config(&db, mode, &slot, &sink, &prefix);
     let (committed, mut relay) = with_kills(&db, &config, seed).await;
     let mut queues = Vec::new();

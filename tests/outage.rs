@@ -276,9 +276,7 @@ async fn postgres_connections_cut_by_a_proxy_mid_run_lose_nothing() {
         kafka_config(&via_proxy, &services.kafka, &prefix)
     );
     let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
-        proxy.cut();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.restore();
+        proxy.cut_for(Duration::from_secs(3)).await;
         relay
     })
     .await;
@@ -309,9 +307,7 @@ async fn rabbitmq_connections_cut_by_a_proxy_mid_run_lose_nothing() {
     let prefix = unique("cr");
     let config = rabbit_config(&db, &via_proxy, &prefix);
     let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
-        proxy.cut();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.restore();
+        proxy.cut_for(Duration::from_secs(3)).await;
         relay
     })
     .await;

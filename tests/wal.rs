@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use support::check::{kafka_streams, verify, Delivered};
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, topology, Delivery};
+use support::rabbit::{drain, two_hashed_queues, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Via, Workload};
 use support::{services, unique, wait_for};
@@ -135,17 +135,7 @@ async fn concurrent_commits_and_mixed_traffic_arrive_exactly_once_in_commit_orde
 async fn concurrent_commits_arrive_exactly_once_in_commit_order_rabbitmq() {
     let db = fresh_database("wal_rabbit").await;
     let (slot, prefix) = (unique("slot"), unique("wr"));
-    let sink = format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"{amqp}\"\n\
-                  {topology}",
-        topology = topology(
-            &prefix,
-            "x-consistent-hash",
-            &[&format!("{prefix}.q0"), &format!("{prefix}.q1")],
-            "1"
-        ),
-        amqp = services().amqp
-    );
+    let sink = two_hashed_queues(&services().amqp, &prefix);
     let config = config(&db, &slot, &sink, &prefix, "");
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);

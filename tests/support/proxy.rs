@@ -56,6 +56,13 @@ impl Proxy {
         }
     }
 
+    /// Cuts, refuses connections for `outage` (the scenario's own clock), then accepts again.
+    pub async fn cut_for(&self, outage: std::time::Duration) {
+        self.cut();
+        tokio::time::sleep(outage).await;
+        self.restore();
+    }
+
     /// Accepts connections again.
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
