@@ -219,7 +219,9 @@ mod tests {
             payload: Some("0123456789".into()),
             payload_kind: PayloadKind::Json,
             fields: Default::default(),
+            own_headers: 0,
             possible_replay: false,
+            redrive: false,
         }
     }
 

@@ -56,25 +56,13 @@ pub(crate) async fn check(config: &Config) -> Result<(), RelayError> {
 
 async fn check_database(session: &Session, config: &Config, router: &Router, report: &mut Report) {
     let latest = crate::migrate::latest_version() as i32;
-    let applied = session
-        .client()
-        .query_one(
-            "select coalesce((select max(version) from outbox_relay.schema_migrations), 0) \
-             where to_regclass('outbox_relay.schema_migrations') is not null \
-             union all select 0 limit 1",
-            &[],
-        )
-        .await;
-    match applied {
-        Ok(row) if row.get::<_, i32>(0) >= latest => {
+    match crate::migrate::applied_version(session).await {
+        Ok(applied) if applied >= latest => {
             report.pass("migrations", format!("relay schema at version {latest}"));
         }
-        Ok(row) => report.fail(
+        Ok(applied) => report.fail(
             "migrations",
-            format!(
-                "relay schema at version {} of {latest}: run `outbox-relay migrate`",
-                row.get::<_, i32>(0)
-            ),
+            format!("relay schema at version {applied} of {latest}: run `outbox-relay migrate`"),
         ),
         Err(error) => report.fail("migrations", chain(&error)),
     }

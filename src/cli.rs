@@ -2,6 +2,7 @@
 //! same `--config` file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -40,7 +41,11 @@ pub(crate) enum Command {
 pub(crate) enum DlqCommand {
     /// List the live dead letters, oldest first, with their reasons.
     List,
-    /// Put dead letters back into the outbox (in order) so the relay publishes them again.
+    /// Ask the running relay to deliver dead letters again, after the cause is fixed.
+    ///
+    /// The relay delivers them in the order they were set aside, before any entry it reads
+    /// afterwards; one that fails again stays, with the new reason. Waits for the relay and
+    /// exits non-zero if an entry failed again or the wait ran out (the request stays).
     Redrive {
         /// Every live dead letter.
         #[arg(long, conflicts_with = "id", required_unless_present = "id")]
@@ -48,5 +53,11 @@ pub(crate) enum DlqCommand {
         /// This entry, and the entries of its key held behind it (repeatable).
         #[arg(long, value_name = "ENTRY_ID")]
         id: Vec<String>,
+        /// How long to wait for the relay to deliver them.
+        #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: Duration,
+        /// Only make the request; do not wait.
+        #[arg(long)]
+        no_wait: bool,
     },
 }

@@ -56,6 +56,13 @@ pub(crate) enum RelayError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the relay schema is at version {applied} of {latest}: run `outbox-relay migrate` (this \
+         relay needs its newer tables)"
+    )]
+    SchemaOutdated { applied: i32, latest: u32 },
+    #[error("dlq: {0}")]
+    Dlq(String),
     #[error("{failed} of {total} checks failed")]
     Check { failed: usize, total: usize },
 }

@@ -72,9 +72,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => check::check(&config).await?,
         Command::Status => status::status(&config).await?,
         Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
-        Command::Dlq(DlqCommand::Redrive { all: _, id }) => {
-            let count = dlq::redrive(&config, &id).await?;
-            println!("put {count} dead letter(s) back into the outbox");
+        Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {
+            let wait = (!no_wait).then_some(timeout);
+            let report = dlq::redrive(&config, &id, wait).await?;
+            dlq::print(&config, &report, wait)?;
         }
     }
     Ok(())

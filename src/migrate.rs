@@ -3,7 +3,7 @@
 //! `outbox_relay.schema_migrations`. Invariant: an applied migration is never re-applied, and a
 //! changed one is refused rather than silently diverging.
 
-use outbox_relay_postgres::{wal, Session, TableName};
+use outbox_relay_postgres::{wal, PostgresError, Session, TableName};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AfterPublishConfig, Config, SourceMode};
@@ -30,6 +30,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "delivery_state",
         sql: include_str!("../migrations/0003_delivery_state.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "relay_redrive",
+        sql: include_str!("../migrations/0004_relay_redrive.sql"),
     },
 ];
 
@@ -162,6 +167,22 @@ async fn apply(session: &Session, migration: &Migration, checksum: &str) -> Resu
 }
 
 /// Versions the binary knows, for `check`.
+/// The newest migration applied to the database (0 before the first).
+pub(crate) async fn applied_version(session: &Session) -> Result<i32, PostgresError> {
+    let row = session
+        .timed(
+            "reading the relay schema's version",
+            session.client().query_one(
+                "select coalesce((select max(version) from outbox_relay.schema_migrations), 0) \
+                 where to_regclass('outbox_relay.schema_migrations') is not null \
+                 union all select 0 limit 1",
+                &[],
+            ),
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 pub(crate) fn latest_version() -> u32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }

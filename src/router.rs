@@ -201,6 +201,7 @@ fn into_message(
     mut headers: Vec<Header>,
 ) -> Message {
     let Entry { id, position, fields, payload, payload_kind, headers: own, defect: _ } = entry;
+    let own_headers = own.len();
     headers.extend(own);
     Message {
         id,
@@ -211,7 +212,9 @@ fn into_message(
         payload,
         payload_kind,
         fields,
+        own_headers,
         possible_replay: false,
+        redrive: false,
     }
 }
 

@@ -7,14 +7,34 @@
 //! - `acked` (the checkpoint) is only raised.
 //! - A dead letter is written (committed) before its entry is acknowledged, so an entry is
 //!   either delivered, set aside with its reason, or still at the source.
+//! - A redriven dead letter is marked sent before it is handed to the broker and redriven only
+//!   once the broker confirmed it, so a redrive is delivered at least once and a repeat is known.
 
 use std::collections::HashMap;
 
-use outbox_relay_core::{Message, Position};
+use outbox_relay_core::{Message, PayloadKind, Position};
 use outbox_relay_postgres::{PostgresError, Session};
 
 use crate::config::Config;
 use crate::error::RelayError;
+
+/// A dead letter as stored, to be rebuilt into its entry by a redrive.
+#[derive(Debug)]
+pub(crate) struct DeadLetter {
+    pub(crate) seq: i64,
+    pub(crate) entry_id: String,
+    pub(crate) position: String,
+    pub(crate) held_behind: Option<String>,
+    /// JSON object: column → text value or null.
+    pub(crate) fields: String,
+    pub(crate) payload: Option<Vec<u8>>,
+    pub(crate) payload_kind: Option<String>,
+    /// JSON array of `[name, value]` pairs.
+    pub(crate) own_headers: Option<String>,
+    pub(crate) defect: Option<String>,
+    /// A run (cut short) may already have sent it.
+    pub(crate) sent_before: bool,
+}
 
 #[derive(Debug)]
 pub(crate) struct RelayState {
@@ -31,6 +51,11 @@ impl RelayState {
         let session =
             Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
                 .await?;
+        let applied = crate::migrate::applied_version(&session).await?;
+        let latest = crate::migrate::latest_version();
+        if applied < latest as i32 {
+            return Err(RelayError::SchemaOutdated { applied, latest });
+        }
         let pipeline = config.pipeline.name.clone();
         let row = session
             .timed(
@@ -112,22 +137,31 @@ impl RelayState {
         Ok(())
     }
 
-    /// Sets `message` aside with `reason` (committed when this returns).
+    /// Sets `message` aside with `reason` (committed when this returns). An entry held behind
+    /// a dead letter whose redrive is requested is requested too: it goes out with it.
     pub(crate) async fn dead_letter(
         &self,
         message: &Message,
         reason: &str,
         held_behind: Option<&str>,
+        defect: Option<&str>,
     ) -> Result<(), PostgresError> {
         let fields = fields_json(message);
+        let own_headers = headers_json(message);
         let payload: Option<&[u8]> = message.payload.as_deref();
+        let kind = payload_kind_name(message.payload_kind);
+        // `for share` waits for a `dlq redrive` marking the first entry, so a request is never
+        // missed by an entry set aside while it is being made.
         self.session
             .timed(
                 "writing a dead letter",
                 self.session.client().execute(
                     "insert into outbox_relay.dead_letters \
-                     (pipeline, entry_id, position, destination, shard_key, fields, payload, reason, held_behind) \
-                     values ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9) \
+                     (pipeline, entry_id, position, destination, shard_key, fields, payload, reason, \
+                      held_behind, payload_kind, own_headers, defect, redrive_requested_at) \
+                     values ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11::text::jsonb, $12, \
+                      (select d.redrive_requested_at from outbox_relay.dead_letters d \
+                       where d.pipeline = $1 and d.entry_id = $9 and d.redriven_at is null for share)) \
                      on conflict (pipeline, entry_id) where redriven_at is null do nothing",
                     &[
                         &self.pipeline,
@@ -139,10 +173,109 @@ impl RelayState {
                         &payload,
                         &reason,
                         &held_behind,
+                        &kind,
+                        &own_headers,
+                        &defect,
                     ],
                 ),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Whether `dlq redrive` asked for dead letters that are not delivered yet.
+    pub(crate) async fn redrive_requested(&self) -> Result<bool, PostgresError> {
+        let row = self
+            .session
+            .timed(
+                "looking for redrive requests",
+                self.session.client().query_one(
+                    "select exists (select 1 from outbox_relay.dead_letters \
+                     where pipeline = $1 and redriven_at is null and redrive_requested_at is not null)",
+                    &[&self.pipeline],
+                ),
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The dead letters to redrive, in the order they were set aside.
+    pub(crate) async fn requested_dead_letters(&self) -> Result<Vec<DeadLetter>, PostgresError> {
+        let rows = self
+            .session
+            .timed(
+                "reading the dead letters to redrive",
+                self.session.client().query(
+                    "select seq, entry_id, position, held_behind, fields::text, payload, \
+                            payload_kind, own_headers::text, defect, redrive_sent_at is not null \
+                     from outbox_relay.dead_letters \
+                     where pipeline = $1 and redriven_at is null and redrive_requested_at is not null \
+                     order by seq",
+                    &[&self.pipeline],
+                ),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DeadLetter {
+                seq: row.get(0),
+                entry_id: row.get(1),
+                position: row.get(2),
+                held_behind: row.get(3),
+                fields: row.get(4),
+                payload: row.get(5),
+                payload_kind: row.get(6),
+                own_headers: row.get(7),
+                defect: row.get(8),
+                sent_before: row.get(9),
+            })
+            .collect())
+    }
+
+    /// Records, before it is handed to the broker, that dead letter `seq` may be sent.
+    pub(crate) async fn note_redrive_sending(&self, seq: i64) -> Result<(), PostgresError> {
+        self.update_dead_letter(
+            "recording a redrive being sent",
+            "redrive_sent_at = coalesce(redrive_sent_at, now())",
+            seq,
+        )
+        .await
+    }
+
+    /// Dead letter `seq` is delivered.
+    pub(crate) async fn note_redriven(&self, seq: i64) -> Result<(), PostgresError> {
+        self.update_dead_letter("recording a redriven dead letter", "redriven_at = now()", seq)
+            .await
+    }
+
+    /// Dead letter `seq` stays: `reason`, held behind `behind` (or first of its key).
+    pub(crate) async fn note_still_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        behind: Option<&str>,
+    ) -> Result<(), PostgresError> {
+        self.session
+            .timed(
+                "recording a dead letter that stays",
+                self.session.client().execute(
+                    "update outbox_relay.dead_letters \
+                     set reason = $2, held_behind = $3, redrive_requested_at = null where seq = $1",
+                    &[&seq, &reason, &behind],
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn update_dead_letter(
+        &self,
+        what: &'static str,
+        set: &str,
+        seq: i64,
+    ) -> Result<(), PostgresError> {
+        let sql = format!("update outbox_relay.dead_letters set {set} where seq = $1");
+        self.session.timed(what, self.session.client().execute(&sql, &[&seq])).await?;
         Ok(())
     }
 
@@ -188,6 +321,21 @@ fn same_kind(a: Position, b: Position) -> bool {
         (Position::Wal { .. }, Position::Wal { .. })
             | (Position::Poll { .. }, Position::Poll { .. })
     )
+}
+
+/// The entry's own headers as a JSON array of `[name, value]` pairs.
+fn headers_json(message: &Message) -> String {
+    let pairs: Vec<[&str; 2]> =
+        message.own_headers().iter().map(|h| [&*h.name, h.value.as_str()]).collect();
+    serde_json::to_string(&pairs).expect("strings serialize")
+}
+
+pub(crate) fn payload_kind_name(kind: PayloadKind) -> &'static str {
+    match kind {
+        PayloadKind::Json => "json",
+        PayloadKind::Text => "text",
+        PayloadKind::Binary => "binary",
+    }
 }
 
 /// The entry's columns as a JSON object (text values), for redriving it into the outbox table.

@@ -109,16 +109,18 @@ pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
         .timed(
             "counting dead letters",
             client.query_one(
-                "select count(*), count(distinct shard_key) from outbox_relay.dead_letters \
-                 where pipeline = $1 and redriven_at is null",
+                "select count(*), count(distinct shard_key), \
+                        count(*) filter (where redrive_requested_at is not null) \
+                 from outbox_relay.dead_letters where pipeline = $1 and redriven_at is null",
                 &[name],
             ),
         )
         .await?;
     println!(
-        "  dead letters: {} live, holding {} keys (outbox-relay dlq list)",
+        "  dead letters: {} live, holding {} keys, {} awaiting redrive (outbox-relay dlq list)",
         dead.get::<_, i64>(0),
-        dead.get::<_, i64>(1)
+        dead.get::<_, i64>(1),
+        dead.get::<_, i64>(2)
     );
     Ok(())
 }

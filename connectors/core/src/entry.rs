@@ -103,9 +103,22 @@ pub struct Message {
     pub payload_kind: PayloadKind,
     /// The entry's columns, kept so a message set aside can be put back into the outbox.
     pub fields: Fields,
+    /// How many of `headers`, at the end, the entry itself carried (a logical message's
+    /// envelope headers), kept so a message set aside can be rebuilt as its entry.
+    pub own_headers: usize,
     /// This message may have been sent before (by a run that crashed, or before a failure in
     /// this run): Kafka checks the partition for it, RabbitMQ marks it.
     pub possible_replay: bool,
+    /// Sent again from the dead letters, behind newer positions: a replay of it is recognised by
+    /// its id, not by its position.
+    pub redrive: bool,
+}
+
+impl Message {
+    /// The headers the entry itself carried (see [`Message::own_headers`]).
+    pub fn own_headers(&self) -> &[Header] {
+        &self.headers[self.headers.len().saturating_sub(self.own_headers)..]
+    }
 }
 
 impl Message {

@@ -3,7 +3,10 @@
 //! the records of this pipeline (header `outbox-pipeline`):
 //! - WAL positions are commit-ordered and a partition holds a prefix of what was sent to it, so
 //!   a message whose position is at or below the newest one found there is already there;
-//! - poll positions are not ordered that way, so the tail's ids decide.
+//! - poll positions are not ordered that way, so the tail's ids decide;
+//! - a redriven dead letter keeps its old position but is sent behind newer ones, so its id
+//!   decides too (the relay sends nothing else until a redriven entry is recorded as delivered,
+//!   so one cut short by a crash is among the last records of ours).
 //!
 //! A record found there was acknowledged by the brokers (it is readable only once replicated),
 //! so the message counts as confirmed without being sent again. Invariant: only a record that
@@ -84,6 +87,7 @@ impl Tails {
         }
         let tail = &self.read[&key];
         Ok(match message.position {
+            _ if message.redrive => tail.ids.contains(&message.id),
             Position::Wal { .. } => tail.newest.is_some_and(|newest| message.position <= newest),
             Position::Poll { .. } => tail.ids.contains(&message.id),
         })

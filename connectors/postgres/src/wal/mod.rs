@@ -400,23 +400,45 @@ pub const MESSAGE_FIELDS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "ty
 
 /// An entry from a `pg_logical_emit_message` (its position is set by [`WalSource::emit`]).
 fn message_entry(format: MessageFormat, lsn: Lsn, prefix: &str, content: Bytes) -> Entry {
-    let names: Arc<[Arc<str>]> = MESSAGE_FIELDS.iter().map(|n| Arc::from(*n)).collect();
     let fallback_id = format!("lsn:{lsn}");
-    let mut entry = Entry {
+    match format {
+        MessageFormat::Raw => raw_message_entry(message_names(), fallback_id, prefix, content),
+        MessageFormat::Envelope => envelope_entry(fallback_id, prefix, content),
+    }
+}
+
+fn message_names() -> Arc<[Arc<str>]> {
+    MESSAGE_FIELDS.iter().map(|n| Arc::from(*n)).collect()
+}
+
+/// A logical message taken as it is: its id is `fallback_id`, its content the payload.
+fn raw_message_entry(
+    names: Arc<[Arc<str>]>,
+    fallback_id: String,
+    prefix: &str,
+    content: Bytes,
+) -> Entry {
+    Entry {
         position: Position::Wal { commit_lsn: Lsn(0), index: 0 },
         id: fallback_id.clone(),
         fields: Fields::new(
-            Arc::clone(&names),
-            vec![Some(fallback_id.clone()), None, None, None, Some(prefix.to_owned())],
+            names,
+            vec![Some(fallback_id), None, None, None, Some(prefix.to_owned())],
         ),
-        payload: Some(content.clone()),
+        payload: Some(content),
         payload_kind: PayloadKind::Binary,
         headers: Vec::new(),
         defect: None,
-    };
-    if format == MessageFormat::Raw {
-        return entry;
     }
+}
+
+/// A logical message decoded as a JSON envelope (its id is `fallback_id` where the envelope names
+/// none). Undecodable content gives the raw entry with a defect naming the problem. Also used
+/// to decode a dead letter again once its payload has been corrected.
+pub fn envelope_entry(fallback_id: String, prefix: &str, content: Bytes) -> Entry {
+    let names = message_names();
+    let mut entry =
+        raw_message_entry(Arc::clone(&names), fallback_id.clone(), prefix, content.clone());
     match envelope(&content) {
         Ok(envelope) => {
             let id = envelope.id.unwrap_or(fallback_id);

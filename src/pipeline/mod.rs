@@ -12,6 +12,9 @@
 //!   (one oversized message may pass alone); the source reads ahead by at most three batches
 //!   (one being sent, one in the channel, one in the feed's hand).
 //!
+//! - **Redrives in the stream**: dead letters asked for by `dlq redrive` are delivered when
+//!   nothing is in flight, before anything read after them ([`redrive`]).
+//!
 //! The source runs in its own task (`feed`) so acknowledgements keep flowing while reading waits
 //! on back-pressure, and the main loop never blocks on the database.
 
@@ -34,6 +37,8 @@ use crate::error::RelayError;
 use crate::router::{Poisoned, Router};
 use crate::state::RelayState;
 use crate::telemetry::{Activity, Telemetry};
+
+mod redrive;
 
 /// Flow-control, retry and poison settings of a run.
 #[derive(Clone, Debug)]
@@ -67,6 +72,8 @@ enum Ending {
 
 /// How long the source gets for its final acknowledgement.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the relay looks for `dlq redrive` requests.
+const REDRIVE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two checkpoint writes.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -117,8 +124,9 @@ impl Records<'_> {
         message: &Message,
         reason: &str,
         behind: Option<&str>,
+        defect: Option<&str>,
     ) -> Result<(), ConnectorError> {
-        self.state.dead_letter(message, reason, behind).await?;
+        self.state.dead_letter(message, reason, behind, defect).await?;
         self.telemetry.metrics.dead_letters.inc();
         tracing::warn!(entry = %message.id, position = %message.position, reason, "set aside as a dead letter");
         if self.settings.same_key == SameKeyPolicy::Wait {
@@ -223,11 +231,33 @@ where
     // How often the sink's own view of the broker is looked at (see `Sink::trouble`).
     let mut health_check = tokio::time::interval(Duration::from_secs(1));
     health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // How often `dlq redrive` requests are looked for (the first look is at once). A request
+    // pauses sending; the redrive runs once nothing is in flight, then sending resumes.
+    let mut redrive_check = tokio::time::interval(REDRIVE_CHECK_EVERY);
+    redrive_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut redrive_due = false;
 
     loop {
+        if redrive_due && !recovering && ending.is_none() && tracker.outstanding() == 0 {
+            redrive_due = false;
+            match redrive::redrive(sink, router, &mut records, shutdown).await {
+                Ok(_) => {}
+                Err(redrive::Interrupted::Shutdown) => {
+                    records.announce(Activity::Stopping, None).await;
+                    ending = Some(Ending::Shutdown);
+                }
+                Err(redrive::Interrupted::Halt(error)) => ending = Some(Ending::Halt(error)),
+                Err(redrive::Interrupted::State(error)) => {
+                    ending = Some(Ending::SourceFailed(error));
+                }
+            }
+        }
         // Send what the window allows, in order (on shutdown too: the source ends the stream at
         // a transaction boundary).
-        while !recovering && ending_allows_sending(ending.as_ref()) && has_room(&tracker, settings)
+        while !recovering
+            && !redrive_due
+            && ending_allows_sending(ending.as_ref())
+            && has_room(&tracker, settings)
         {
             let Some(entry) = pending.pop_front() else { break };
             metrics.read.inc();
@@ -236,13 +266,16 @@ where
                 Err(poisoned) => {
                     let Poisoned { entry, error } = *poisoned;
                     let reason = error.to_string();
+                    let defect = entry.defect.clone();
                     let message = router.unroutable(entry);
                     match verdict(settings, &message, ConnectorError::permanent(error)) {
                         Verdict::Halt(error) => {
                             ending = Some(Ending::Halt(error));
                             break;
                         }
-                        Verdict::SetAside => match records.set_aside(&message, &reason, None).await
+                        Verdict::SetAside => match records
+                            .set_aside(&message, &reason, None, defect.as_deref())
+                            .await
                         {
                             Ok(()) => {
                                 tracker.push_settled(message.id, message.position);
@@ -265,7 +298,7 @@ where
             };
             if let Some(first) = behind {
                 let reason = format!("held behind dead letter {first} (same key)");
-                match records.set_aside(&message, &reason, Some(&first)).await {
+                match records.set_aside(&message, &reason, Some(&first), None).await {
                     Ok(()) => {
                         tracker.push_settled(message.id, message.position);
                         continue;
@@ -324,7 +357,7 @@ where
                     match verdict(settings, &message, source) {
                         Verdict::Halt(error) => ending = Some(Ending::Halt(error)),
                         Verdict::SetAside => {
-                            match records.set_aside(&message, &reason, None).await {
+                            match records.set_aside(&message, &reason, None, None).await {
                                 Ok(()) => {
                                     tracker.settle_failed(ticket);
                                     retry_at = Some(Instant::now());
@@ -407,7 +440,10 @@ where
                         Ok(None) => Ok(false),
                         Ok(Some(first)) => {
                             let reason = format!("held behind dead letter {first} (same key)");
-                            records.set_aside(&message, &reason, Some(&first)).await.map(|()| true)
+                            records
+                                .set_aside(&message, &reason, Some(&first), None)
+                                .await
+                                .map(|()| true)
                         }
                         Err(error) => Err(error),
                     };
@@ -456,6 +492,12 @@ where
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 tracing::warn!(unconfirmed = tracker.outstanding(), "grace period over; unconfirmed messages will be sent again after restart");
                 break;
+            }
+                        _ = redrive_check.tick(), if ending.is_none() && !redrive_due => {
+                match records.state.redrive_requested().await {
+                    Ok(requested) => redrive_due = requested,
+                    Err(error) => tracing::warn!(error = %error, "cannot look for redrive requests"),
+                }
             }
             batch = batches_rx.recv(), if accepting => match batch {
                 Some(batch) => {

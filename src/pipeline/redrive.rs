@@ -1,0 +1,274 @@
+//! Redriving dead letters: `outbox-relay dlq redrive` asks, the leading relay delivers, at a
+//! point of its own stream.
+//!
+//! Invariants:
+//! - **Order per key**: a redrive runs only when nothing else is in flight, and each dead letter
+//!   is confirmed by the broker before the next one is sent and before the stream goes on. An
+//!   entry of its key that the relay reads later follows it — even one committed before the
+//!   request; one read earlier was held behind it and is part of the same redrive.
+//! - **No loss**: a dead letter is marked redriven only after its confirm. One that fails again
+//!   stays live with the new reason, first of its key, and the entries behind it stay held.
+//! - **Repeats are known**: a dead letter is marked sent before it is handed to the broker; a
+//!   redrive cut short (crash, shutdown) sends it again as a possible replay, which Kafka looks
+//!   for by id and RabbitMQ marks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use outbox_relay_core::{
+    Confirm, ConnectorError, Entry, Fields, Header, PayloadKind, Position, Retry, Sink,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{backoff, verdict, Records, Verdict};
+use crate::error::RelayError;
+use crate::router::{Poisoned, Router};
+use crate::state::DeadLetter;
+use crate::telemetry::Activity;
+
+/// Why a redrive stopped before its end.
+pub(super) enum Interrupted {
+    /// Shutdown was requested: the rest waits for the next run.
+    Shutdown,
+    Halt(RelayError),
+    /// The relay's own records failed (transient: the run restarts).
+    State(ConnectorError),
+}
+
+impl From<outbox_relay_postgres::PostgresError> for Interrupted {
+    fn from(error: outbox_relay_postgres::PostgresError) -> Self {
+        Interrupted::State(error.into())
+    }
+}
+
+/// Delivers every requested dead letter, in the order they were set aside; returns how many
+/// were delivered. The caller has nothing in flight.
+pub(super) async fn redrive<K: Sink>(
+    sink: &mut K,
+    router: &Router,
+    records: &mut Records<'_>,
+    shutdown: &CancellationToken,
+) -> Result<usize, Interrupted> {
+    let letters = records.state.requested_dead_letters().await?;
+    tracing::info!(count = letters.len(), "redriving dead letters");
+    // An entry that failed again → the dead letter now first of its key.
+    let mut first_now: HashMap<String, String> = HashMap::new();
+    let mut delivered = 0;
+    for letter in letters {
+        if let Some(first) = letter.held_behind.as_ref().and_then(|b| first_now.get(b)) {
+            let reason = format!("held behind dead letter {first} (same key)");
+            records.state.note_still_dead(letter.seq, &reason, Some(first)).await?;
+            continue;
+        }
+        match deliver(sink, router, records, &letter, shutdown).await? {
+            None => {
+                records.state.note_redriven(letter.seq).await?;
+                records.telemetry.metrics.published.inc();
+                tracing::info!(entry = %letter.entry_id, "dead letter redriven");
+                delivered += 1;
+            }
+            Some(reason) => {
+                tracing::warn!(entry = %letter.entry_id, reason, "dead letter failed again; it stays");
+                records.state.note_still_dead(letter.seq, &reason, None).await?;
+                let chain = letter.held_behind.clone().unwrap_or_else(|| letter.entry_id.clone());
+                first_now.insert(chain, letter.entry_id.clone());
+                first_now.insert(letter.entry_id.clone(), letter.entry_id.clone());
+            }
+        }
+    }
+    if records.telemetry.metrics.state() == Activity::Retrying {
+        records.announce(Activity::Running, None).await;
+    }
+    Ok(delivered)
+}
+
+/// Sends one dead letter until the broker confirms it (`None`) or it proves poison again (the
+/// reason), retrying transient failures with backoff.
+async fn deliver<K: Sink>(
+    sink: &mut K,
+    router: &Router,
+    records: &mut Records<'_>,
+    letter: &DeadLetter,
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, Interrupted> {
+    let entry = match rebuild(letter) {
+        Ok(entry) => entry,
+        Err(reason) => return Ok(Some(reason)),
+    };
+    let mut possible_replay = letter.sent_before;
+    let mut attempt = 0;
+    loop {
+        let (message, failure) = match router.route(entry.clone()) {
+            Ok(mut message) => {
+                message.redrive = true;
+                message.possible_replay = possible_replay;
+                records.state.note_redrive_sending(letter.seq).await?;
+                let sent = match sink.send(&message).await {
+                    Ok(confirm) => {
+                        let grace = records.settings.shutdown_grace;
+                        confirmed(confirm, shutdown, grace).await.ok_or(Interrupted::Shutdown)?
+                    }
+                    Err(error) => Err(error),
+                };
+                match sent {
+                    Ok(()) => return Ok(None),
+                    Err(error) => (message, error),
+                }
+            }
+            Err(poisoned) => {
+                let Poisoned { entry, error } = *poisoned;
+                (router.unroutable(entry), ConnectorError::permanent(error))
+            }
+        };
+        if failure.retry() == Retry::Transient {
+            let reason = crate::sink::chain(&failure);
+            tracing::warn!(entry = %letter.entry_id, attempt, error = %reason, "redrive failed; retrying");
+            records.announce(Activity::Retrying, Some(&reason)).await;
+            possible_replay = true;
+            let pause = backoff(attempt, records.settings);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => continue,
+                () = shutdown.cancelled() => return Err(Interrupted::Shutdown),
+            }
+        }
+        let reason = crate::sink::chain(&failure);
+        return match verdict(records.settings, &message, failure) {
+            Verdict::Halt(error) => Err(Interrupted::Halt(error)),
+            Verdict::SetAside => Ok(Some(reason)),
+        };
+    }
+}
+
+/// The confirm, or `None` once shutdown was requested and `grace` has passed without it.
+async fn confirmed(
+    confirm: Confirm,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Option<Result<(), ConnectorError>> {
+    tokio::select! {
+        result = confirm => Some(result),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => None,
+    }
+}
+
+/// The entry a dead letter was made of, from what is stored (perhaps corrected by an operator).
+/// A logical message that could not be decoded is decoded again from its payload; an outbox row
+/// that could not be decoded keeps its defect until an operator clears it.
+fn rebuild(letter: &DeadLetter) -> Result<Entry, String> {
+    let position: Position = letter.position.parse().map_err(|error| {
+        format!("the stored position {:?} is invalid: {error}", letter.position)
+    })?;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&letter.fields)
+            .map_err(|error| format!("the stored fields are not a JSON object: {error}"))?;
+    let payload = letter.payload.clone().map(Bytes::from);
+    if let (Some(_), Some(serde_json::Value::String(prefix))) =
+        (&letter.defect, fields.get("prefix"))
+    {
+        let content = payload.unwrap_or_default();
+        let mut entry =
+            outbox_relay_postgres::wal::envelope_entry(letter.entry_id.clone(), prefix, content);
+        entry.position = position;
+        return Ok(entry);
+    }
+    let (names, values): (Vec<Arc<str>>, Vec<Option<String>>) = fields
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(text) => Some(text),
+                other => Some(other.to_string()),
+            };
+            (Arc::from(name.as_str()), value)
+        })
+        .unzip();
+    let headers: Vec<(String, String)> = match &letter.own_headers {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|error| format!("the stored headers are not [name, value] pairs: {error}"))?,
+        None => Vec::new(),
+    };
+    Ok(Entry {
+        position,
+        id: letter.entry_id.clone(),
+        fields: Fields::new(names.into(), values),
+        payload,
+        payload_kind: match letter.payload_kind.as_deref() {
+            Some("json") => PayloadKind::Json,
+            Some("text") => PayloadKind::Text,
+            _ => PayloadKind::Binary,
+        },
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| Header { name: Arc::from(name.as_str()), value })
+            .collect(),
+        defect: letter.defect.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(fields: &str, payload: &[u8], defect: Option<&str>) -> DeadLetter {
+        DeadLetter {
+            seq: 1,
+            entry_id: "e-1".into(),
+            position: "poll:7".into(),
+            held_behind: None,
+            fields: fields.into(),
+            payload: Some(payload.to_vec()),
+            payload_kind: Some("json".into()),
+            own_headers: Some(r#"[["tenant", "acme"]]"#.into()),
+            defect: defect.map(str::to_owned),
+            sent_before: false,
+        }
+    }
+
+    #[test]
+    fn a_row_is_rebuilt_as_it_was_stored() {
+        let entry = rebuild(&letter(
+            r#"{"id": "e-1", "aggregateid": "k", "n": 3, "gone": null}"#,
+            b"{}",
+            None,
+        ))
+        .unwrap();
+        assert_eq!(entry.position, Position::Poll { seq: 7 });
+        assert_eq!(entry.fields.get("aggregateid"), Some(Some("k")));
+        assert_eq!(entry.fields.get("n"), Some(Some("3")));
+        assert_eq!(entry.fields.get("gone"), Some(None));
+        assert_eq!(entry.payload.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(entry.payload_kind, PayloadKind::Json);
+        assert_eq!(entry.headers, vec![Header { name: Arc::from("tenant"), value: "acme".into() }]);
+        assert!(entry.defect.is_none());
+    }
+
+    #[test]
+    fn a_row_defect_stays_until_cleared_and_a_logical_message_is_decoded_again() {
+        let row = rebuild(&letter(r#"{"id": "e-1"}"#, b"x", Some("bad bytea"))).unwrap();
+        assert_eq!(row.defect.as_deref(), Some("bad bytea"));
+
+        let fields = r#"{"id": "lsn:0/1", "prefix": "outbox"}"#;
+        let fixed = br#"{"aggregatetype": "order", "aggregateid": "k", "payload": {"a": 1}}"#;
+        let message = rebuild(&letter(fields, fixed, Some("not a JSON envelope"))).unwrap();
+        assert!(message.defect.is_none(), "{:?}", message.defect);
+        assert_eq!(message.id, "e-1");
+        assert_eq!(message.fields.get("aggregatetype"), Some(Some("order")));
+        assert_eq!(message.position, Position::Poll { seq: 7 });
+        let still_bad = rebuild(&letter(fields, b"not json", Some("not a JSON envelope"))).unwrap();
+        assert!(still_bad.defect.unwrap().contains("not a JSON envelope"));
+    }
+
+    #[test]
+    fn unreadable_stored_data_is_a_reason_not_a_panic() {
+        assert!(rebuild(&letter("[1]", b"", None)).unwrap_err().contains("JSON object"));
+        let mut bad = letter("{}", b"", None);
+        bad.position = "nowhere".into();
+        assert!(rebuild(&bad).unwrap_err().contains("position"));
+    }
+}
