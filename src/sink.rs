@@ -87,6 +87,15 @@ impl Sink for AnySink {
             AnySink::Rabbit(sink) => sink.trouble(),
         }
     }
+
+    fn replays_recognised(&self) -> u64 {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(sink) => sink.replays_recognised(),
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(sink) => sink.replays_recognised(),
+        }
+    }
 }
 
 #[cfg(feature = "rabbitmq")]

@@ -32,6 +32,7 @@ pub(crate) mod names {
     pub(crate) const SOURCE_RESTARTS: &str = "outbox_relay_source_restarts";
     pub(crate) const STATE: &str = "outbox_relay_state";
     pub(crate) const DEAD_LETTERS: &str = "outbox_relay_dead_letters";
+    pub(crate) const REPLAYS_RECOGNISED: &str = "outbox_relay_replays_recognised";
 }
 
 /// What the relay is doing, for `/readyz` and the `outbox_relay_state` gauge.
@@ -82,6 +83,7 @@ pub(crate) struct Metrics {
     pub(crate) retries: Counter,
     pub(crate) source_restarts: Counter,
     pub(crate) dead_letters: Counter,
+    pub(crate) replays_recognised: Counter,
     state_gauge: Gauge,
     state: AtomicU8,
 }
@@ -114,6 +116,7 @@ impl Telemetry {
             retries: Counter::default(),
             source_restarts: Counter::default(),
             dead_letters: Counter::default(),
+            replays_recognised: Counter::default(),
             state_gauge: Gauge::default(),
             state: AtomicU8::new(Activity::Starting as u8),
         };
@@ -153,6 +156,11 @@ impl Telemetry {
             names::DEAD_LETTERS,
             "Entries set aside in outbox_relay.dead_letters",
             metrics.dead_letters.clone(),
+        );
+        registry.register(
+            names::REPLAYS_RECOGNISED,
+            "Possible replays of an earlier run found already in Kafka and not sent again",
+            metrics.replays_recognised.clone(),
         );
         registry.register(
             names::STATE,

@@ -35,31 +35,57 @@ fn workload() -> Workload {
     }
 }
 
+/// What the kills hit.
+#[derive(Debug, Default)]
+struct Kills {
+    /// Kills of a relay that had published messages, with entries still waiting in the outbox.
+    mid_flow: usize,
+    /// Possible replays the relays (all of them, the last one included) found already in Kafka.
+    recognised: u64,
+}
+
 /// Writes `ROWS` rows while killing the relay `ROUNDS` times; returns once everything committed
 /// was acknowledged, with the relay then running.
-async fn with_kills(db: &str, config: &str, seed: u64) -> (Committed, Relay) {
+async fn with_kills(db: &str, config: &str, seed: u64) -> (Committed, Relay, Kills) {
     migrate(config).await;
     let mut relay = Relay::spawn(config);
     let writers = tokio::spawn({
         let db = db.to_owned();
         async move { workload::run(&db, &workload()).await }
     });
+    let client = connect(db).await;
+    let client = &client;
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut kills = Kills::default();
     for _ in 0..ROUNDS {
         // A random moment: the scenario's own clock, not a wait for a condition.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+        let published = relay.metric("outbox_relay_messages_published_total").await;
+        kills.recognised += recognised(&relay).await;
+        let waiting = count(client, "select count(*) from outbox").await;
+        if published.unwrap_or(0.0) > 0.0 && waiting > 0 {
+            kills.mid_flow += 1;
+        }
         relay.kill9().await;
         relay = Relay::spawn(config);
     }
     let committed = writers.await.unwrap();
-    let client = connect(db).await;
-    let client = &client;
     // Both sources delete what they published (WAL tailing: after_publish = delete).
     wait_for("everything acknowledged", Duration::from_secs(600), || async move {
         count(client, "select count(*) from outbox").await == 0
     })
     .await;
-    (committed, relay)
+    kills.recognised += recognised(&relay).await;
+    println!("{kills:?}");
+    assert!(
+        kills.mid_flow >= ROUNDS / 2,
+        "most kills should hit a relay while messages flow: {kills:?}"
+    );
+    (committed, relay, kills)
+}
+
+async fn recognised(relay: &Relay) -> u64 {
+    relay.metric("outbox_relay_replays_recognised_total").await.unwrap_or(0.0) as u64
 }
 
 fn config(db: &str, mode: &str, slot: &str, sink: &str, prefix: &str) -> String {
@@ -76,17 +102,20 @@ async fn kafka_case(mode: &str, seed: u64) {
     create_topic(&services().kafka, &topic, 6).await;
     let sink = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
     let config = config(&db, mode, &slot, &sink, &prefix);
-    let (committed, mut relay) = with_kills(&db, &config, seed).await;
+    let (committed, mut relay, kills) = with_kills(&db, &config, seed).await;
     let outcome =
         verify(&kafka_streams(&read_all(&services().kafka, &topic).await), &committed, false);
+    assert!(kills.recognised > 0, "the restarts replayed messages, recognised in Kafka: {kills:?}");
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(60)).await.success(), "{}", relay.log());
     drop_slot(&slot).await;
     println!(
-        "crash {mode}→kafka: {ROUNDS} kill -9 rounds, {} rows committed, {} messages checked, \
-         0 lost, 0 duplicates, key order kept",
+                "crash {mode}→kafka: {ROUNDS} kill -9 rounds ({} mid-flow), {} rows committed, {} messages \
+         checked, 0 lost, 0 duplicates ({} replays recognised and not sent again), key order kept",
+        kills.mid_flow,
         committed.rows(),
-        outcome.messages
+        outcome.messages,
+        kills.recognised
     );
 }
 
@@ -95,7 +124,7 @@ async fn rabbit_case(mode: &str, seed: u64) {
     let (slot, prefix) = (unique("slot"), unique("cr"));
     let sink = two_hashed_queues(&services().amqp, &prefix);
     let config = config(&db, mode, &slot, &sink, &prefix);
-    let (committed, mut relay) = with_kills(&db, &config, seed).await;
+    let (committed, mut relay, kills) = with_kills(&db, &config, seed).await;
     let mut queues = Vec::new();
     for q in 0..2 {
         queues.push(drain(&services().amqp, &format!("{prefix}.q{q}")).await);
@@ -105,6 +134,7 @@ async fn rabbit_case(mode: &str, seed: u64) {
     let outcome = verify(&streams, &committed, true);
     // Every delivery after a message's first is marked as a possible redelivery.
     assert_eq!(outcome.unmarked_duplicates, 0, "every duplicate carries outbox-redelivered");
+    assert!(outcome.duplicates > 0, "the kills lost confirms, so replays were delivered");
 
     // A consumer with the inbox processes every message once, in each key's order.
     let effects = consume_with_inbox(&db, &queues).await;
@@ -124,8 +154,10 @@ async fn rabbit_case(mode: &str, seed: u64) {
     assert!(relay.wait(Duration::from_secs(60)).await.success(), "{}", relay.log());
     drop_slot(&slot).await;
     println!(
-        "crash {mode}→rabbitmq: {ROUNDS} kill -9 rounds, {} rows committed, {} deliveries, {} \
-         duplicates (all marked), processed exactly once through the inbox, key order kept",
+        "crash {mode}→rabbitmq: {ROUNDS} kill -9 rounds ({} mid-flow), {} rows committed, {} \
+         deliveries, {} duplicates (all marked), processed exactly once through the inbox, key \
+         order kept",
+        kills.mid_flow,
         committed.rows(),
         outcome.messages,
         outcome.duplicates

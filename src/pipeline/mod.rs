@@ -36,7 +36,7 @@ use crate::config::{PoisonPolicy, SameKeyPolicy};
 use crate::error::RelayError;
 use crate::router::{Poisoned, Router};
 use crate::state::RelayState;
-use crate::telemetry::{Activity, Telemetry};
+use crate::telemetry::{Activity, Metrics, Telemetry};
 
 mod redrive;
 
@@ -311,6 +311,10 @@ where
             }
             message.possible_replay = !records.beyond_doubt(message.position);
             let sent = sink.send(&message).await;
+            if message.possible_replay {
+                count_recognised(sink, metrics);
+            }
+
             let ticket = tracker.push(message, Instant::now().into_std());
             match sent {
                 Ok(confirm) => confirms.push(tagged(ticket, confirm)),
@@ -463,7 +467,9 @@ where
                             break;
                         }
                     }
-                    match sink.send(&message).await {
+                                        let sent = sink.send(&message).await;
+                    count_recognised(sink, metrics);
+                    match sent {
                         Ok(confirm) => confirms.push(tagged(ticket, confirm)),
                         Err(error) => {
                             report_failure(ticket, &error, recovering);
@@ -587,6 +593,14 @@ fn source_outcome(error: ConnectorError) -> Result<Exit, RelayError> {
 /// A confirm that resolves with its ticket (one concrete type for every call site).
 fn tagged(ticket: Ticket, confirm: Confirm) -> future::Join<future::Ready<Ticket>, Confirm> {
     future::join(future::ready(ticket), confirm)
+}
+
+/// Brings the recognised-replays metric up to the sink's own count.
+fn count_recognised<K: Sink>(sink: &K, metrics: &Metrics) {
+    let (total, shown) = (sink.replays_recognised(), metrics.replays_recognised.get());
+    if total > shown {
+        metrics.replays_recognised.inc_by(total - shown);
+    }
 }
 
 /// Running, or shutting down cleanly (which finishes what the source still sends).

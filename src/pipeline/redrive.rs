@@ -105,7 +105,9 @@ async fn deliver<K: Sink>(
                 message.redrive = true;
                 message.possible_replay = possible_replay;
                 records.state.note_redrive_sending(letter.seq).await?;
-                let sent = match sink.send(&message).await {
+                let sent = sink.send(&message).await;
+                super::count_recognised(sink, &records.telemetry.metrics);
+                let sent = match sent {
                     Ok(confirm) => {
                         let grace = records.settings.shutdown_grace;
                         confirmed(confirm, shutdown, grace).await.ok_or(Interrupted::Shutdown)?

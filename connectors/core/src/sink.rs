@@ -31,4 +31,10 @@ pub trait Sink: Send {
     fn trouble(&self) -> Option<String> {
         None
     }
+
+    /// How many possible replays this sink found already delivered and did not send again,
+    /// since it was made.
+    fn replays_recognised(&self) -> u64 {
+        0
+    }
 }

@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use outbox_relay_core::{headers, Message, Position};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -104,7 +105,7 @@ fn read_tail(
     window: usize,
     wal: bool,
 ) -> Result<Tail, KafkaError> {
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<TailContext> = config.create_with_context(TailContext)?;
     let timeout = Duration::from_secs(10);
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let window = i64::try_from(window).unwrap_or(i64::MAX).max(1);
@@ -123,7 +124,7 @@ fn read_tail(
 }
 
 fn read_from(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<TailContext>,
     topic: &str,
     partition: i32,
     start: i64,
@@ -168,3 +169,18 @@ fn read_from(
         }
     }
 }
+
+/// The tail reader's client callbacks: reaching the end of a partition is how a read ends, not
+/// an error worth a log line.
+struct TailContext;
+
+impl ClientContext for TailContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => {}
+            error => tracing::warn!(error = %error, reason, "reading a partition's tail"),
+        }
+    }
+}
+
+impl ConsumerContext for TailContext {}

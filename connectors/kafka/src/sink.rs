@@ -68,6 +68,8 @@ pub struct KafkaSink {
     /// Partition count of each topic seen (and checked to exist).
     partitions: HashMap<String, i32>,
     tails: Tails,
+    /// Possible replays found in their partition and not sent again.
+    recognised: u64,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -82,7 +84,7 @@ impl KafkaSink {
         let producer = producer(&options, &health)?;
         let mut tails = Tails::new(replay_consumer(&options));
         tails.reset(&options.pipeline, 0);
-        Ok(Self { options, producer, health, partitions: HashMap::new(), tails })
+        Ok(Self { options, producer, health, partitions: HashMap::new(), tails, recognised: 0 })
     }
 
     /// A run starts: replays of earlier runs may follow; look `window` records back for them.
@@ -188,6 +190,7 @@ impl Sink for KafkaSink {
         let partition = partition_for(message, partitions);
         if message.possible_replay && self.tails.contains(message, partition).await? {
             tracing::debug!(id = %message.id, position = %message.position, partition, "already in Kafka; not sent again");
+            self.recognised += 1;
             return Ok(Box::pin(futures::future::ready(Ok(()))));
         }
 
@@ -248,6 +251,10 @@ impl Sink for KafkaSink {
     fn trouble(&self) -> Option<String> {
         self.health.trouble()
     }
+
+    fn replays_recognised(&self) -> u64 {
+        self.recognised
+    }
 }
 
 /// The client that reads partition tails: the producer's connection and security settings.
@@ -263,7 +270,9 @@ fn replay_consumer(options: &KafkaOptions) -> ClientConfig {
     config
         .set("group.id", format!("outbox-relay.{}.replay-check", options.pipeline))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // The end of a partition is the point: do not let the broker hold a fetch for more.
+        .set("fetch.wait.max.ms", "10");
     config
 }
 
