@@ -72,6 +72,8 @@ enum Ending {
 
 /// How long the source gets for its final acknowledgement.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two writes of the same state with a different detail.
+const DETAIL_REFRESH: Duration = Duration::from_secs(10);
 /// How often the relay looks for `dlq redrive` requests.
 const REDRIVE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two checkpoint writes.
@@ -98,21 +100,25 @@ struct Records<'a> {
     held: Held,
     horizon: Option<Position>,
     last_checkpoint: Instant,
-    /// What was last announced, so an unchanged state is not written again.
-    announced: Option<(Activity, Option<String>)>,
+    /// What was last announced, and when, so an unchanged state is not written again.
+    announced: Option<(Activity, Option<String>, Instant)>,
 }
 
 impl Records<'_> {
     /// Announces what the relay is doing, to metrics and to `outbox_relay.pipelines`.
     async fn announce(&mut self, activity: Activity, detail: Option<&str>) {
-        let said = (activity, detail.map(str::to_owned));
-        if self.telemetry.metrics.state() == activity && self.announced.as_ref() == Some(&said) {
+        // The same state with another detail (a reconnect error's timing, say) is written at
+        // most every DETAIL_REFRESH: an outage does not become a write per second.
+        let unchanged = self.announced.as_ref().is_some_and(|(was, said, at)| {
+            *was == activity && (said.as_deref() == detail || at.elapsed() < DETAIL_REFRESH)
+        });
+        if self.telemetry.metrics.state() == activity && unchanged {
             return;
         }
         self.telemetry.metrics.set_state(activity);
         // Remembered only once written, so a failed write is tried again on the next announce.
         match self.state.note_state(activity.as_str(), detail).await {
-            Ok(()) => self.announced = Some(said),
+            Ok(()) => self.announced = Some((activity, detail.map(str::to_owned), Instant::now())),
             Err(error) => tracing::warn!(error = %error, "cannot record the relay's state"),
         }
     }
@@ -329,7 +335,8 @@ where
         // Entries set aside (never sent) may complete the prefix on their own.
         acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await;
         metrics.in_flight.set(tracker.outstanding() as i64);
-        if recovering && metrics.state() == Activity::Running {
+        // A failed send is the better reason, also over what the client reported on its own.
+        if recovering && matches!(metrics.state(), Activity::Running | Activity::Retrying) {
             records.announce(Activity::Retrying, last_failure.as_deref()).await;
         }
 
