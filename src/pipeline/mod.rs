@@ -11,7 +11,6 @@
 //! - **Bounded**: at most `max_in_flight` messages and `max_in_flight_bytes` bytes are held
 //!   (one oversized message may pass alone); the source reads ahead by at most three batches
 //!   (one being sent, one in the channel, one in the feed's hand).
-//!
 //! - **Redrives in the stream**: dead letters asked for by `dlq redrive` are delivered when
 //!   nothing is in flight, before anything read after them ([`redrive`]).
 //!
@@ -81,7 +80,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Keys held behind a dead letter (`dead_letter_same_key = "wait"`): key → the first entry set
 /// aside for it. A key found here is checked against the table before it holds a message, so a
-/// redrive (which commits its rows and marks them redriven together) releases it at once.
+/// redrive releases it as soon as its last dead letter is marked redriven.
 struct Held {
     keys: HashMap<String, String>,
 }
@@ -267,8 +266,17 @@ where
         {
             let Some(entry) = pending.pop_front() else { break };
             metrics.read.inc();
-            let mut message = match router.route(entry) {
-                Ok(message) => message,
+            // Poison (set aside with its reason and any defect) or held behind a dead letter of
+            // its key (set aside behind it), or sent.
+            let (mut message, aside) = match router.route(entry) {
+                Ok(message) => match records.held_behind(message.key.as_deref()).await {
+                    Ok(None) => (message, None),
+                    Ok(Some(first)) => (message, Some((held_reason(&first), Some(first), None))),
+                    Err(error) => {
+                        ending = Some(Ending::SourceFailed(error));
+                        break;
+                    }
+                },
                 Err(poisoned) => {
                     let Poisoned { entry, error } = *poisoned;
                     let reason = error.to_string();
@@ -279,32 +287,15 @@ where
                             ending = Some(Ending::Halt(error));
                             break;
                         }
-                        Verdict::SetAside => match records
-                            .set_aside(&message, &reason, None, defect.as_deref())
-                            .await
-                        {
-                            Ok(()) => {
-                                tracker.push_settled(message.id, message.position);
-                                continue;
-                            }
-                            Err(error) => {
-                                ending = Some(Ending::SourceFailed(error));
-                                break;
-                            }
-                        },
+                        Verdict::SetAside => (message, Some((reason, None, defect))),
                     }
                 }
             };
-            let behind = match records.held_behind(message.key.as_deref()).await {
-                Ok(behind) => behind,
-                Err(error) => {
-                    ending = Some(Ending::SourceFailed(error));
-                    break;
-                }
-            };
-            if let Some(first) = behind {
-                let reason = format!("held behind dead letter {first} (same key)");
-                match records.set_aside(&message, &reason, Some(&first), None).await {
+            if let Some((reason, behind, defect)) = aside {
+                let set_aside = records
+                    .set_aside(&message, &reason, behind.as_deref(), defect.as_deref())
+                    .await;
+                match set_aside {
                     Ok(()) => {
                         tracker.push_settled(message.id, message.position);
                         continue;
@@ -450,7 +441,7 @@ where
                     let held = match records.held_behind(message.key.as_deref()).await {
                         Ok(None) => Ok(false),
                         Ok(Some(first)) => {
-                            let reason = format!("held behind dead letter {first} (same key)");
+                                                        let reason = held_reason(&first);
                             records
                                 .set_aside(&message, &reason, Some(&first), None)
                                 .await
@@ -600,6 +591,11 @@ fn source_outcome(error: ConnectorError) -> Result<Exit, RelayError> {
 /// A confirm that resolves with its ticket (one concrete type for every call site).
 fn tagged(ticket: Ticket, confirm: Confirm) -> future::Join<future::Ready<Ticket>, Confirm> {
     future::join(future::ready(ticket), confirm)
+}
+
+/// Why an entry waits in the dead letters: an earlier entry of its key is there.
+fn held_reason(first: &str) -> String {
+    format!("held behind dead letter {first} (same key)")
 }
 
 /// Brings the recognised-replays metric up to the sink's own count.

@@ -22,7 +22,7 @@ use outbox_relay_core::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{backoff, verdict, Records, Verdict};
+use super::{backoff, held_reason, verdict, Records, Verdict};
 use crate::error::RelayError;
 use crate::router::{Poisoned, Router};
 use crate::state::DeadLetter;
@@ -58,7 +58,7 @@ pub(super) async fn redrive<K: Sink>(
     let mut delivered = 0;
     for letter in letters {
         if let Some(first) = letter.held_behind.as_ref().and_then(|b| first_now.get(b)) {
-            let reason = format!("held behind dead letter {first} (same key)");
+            let reason = held_reason(first);
             records.state.note_still_dead(letter.seq, &reason, Some(first)).await?;
             continue;
         }
@@ -98,13 +98,18 @@ async fn deliver<K: Sink>(
         Err(reason) => return Ok(Some(reason)),
     };
     let mut possible_replay = letter.sent_before;
+    // Whether the row already says it may have been sent (written once, before the first send).
+    let mut noted = letter.sent_before;
     let mut attempt = 0;
     loop {
         let (message, failure) = match router.route(entry.clone()) {
             Ok(mut message) => {
                 message.redrive = true;
                 message.possible_replay = possible_replay;
-                records.state.note_redrive_sending(letter.seq).await?;
+                if !noted {
+                    records.state.note_redrive_sending(letter.seq).await?;
+                    noted = true;
+                }
                 let sent = sink.send(&message).await;
                 super::count_recognised(sink, &records.telemetry.metrics);
                 let sent = match sent {
