@@ -32,7 +32,9 @@ async fn interrupted_run(
 ) -> (Committed, Relay) {
     migrate(config).await;
     let relay = Relay::spawn(config);
-    let workload = Workload { rows: 6_000, ..Workload::default() };
+    // Paced so the writers are still writing while the outage lasts (~10 s in all): unpaced,
+    // they could finish before a broker was down, and no backlog would build up behind it.
+    let workload = Workload { rows: 6_000, pace: Duration::from_millis(20), ..Workload::default() };
     let writers = tokio::spawn({
         let db = db.to_owned();
         async move { workload::run(&db, &workload).await }
