@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark (not a test: nothing here asserts a speed). Reports:
 #   1. drain: a backlog of $ROWS outbox rows (~200-byte JSON payloads, $KEYS keys) published by a
-#      release build of the relay, polling and WAL tailing, to Kafka (tansu) and to RabbitMQ;
+#      release build of the relay, polling and WAL tailing, to Apache Kafka and to RabbitMQ;
 #      rows/s until the outbox is empty, i.e. every row confirmed by the broker and deleted;
 #   2. confirm latency p50/p99 from the relay's own histogram;
 #   3. what the relay's triggers cost the application: INSERT rate into the outbox (seq + NOTIFY
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-100000}
 KEYS=${KEYS:-1000}
 
-TANSU_PROFILE=${TANSU_PROFILE:-release} scripts/services.sh up >/dev/null
+scripts/services.sh up >/dev/null
 source .services/env
 cargo build --quiet --release --locked --bin outbox-relay
 relay=target/release/outbox-relay
@@ -103,9 +103,8 @@ exchange = "bench.bench"
 routing_key = "1"
 TOML
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; tansu: $OUTBOX_RELAY_TANSU"
-"$OUTBOX_RELAY_TANSU" topic delete bench.bench --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null 2>&1 || true
-"$OUTBOX_RELAY_TANSU" topic create bench.bench --partitions 12 --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; Kafka: $(basename "$(dirname "$OUTBOX_RELAY_KAFKA_LIBS")")"
+scripts/services.sh topic bench.bench 12
 for mode in poll wal; do
   drain kafka "$mode" .services/bench-kafka.toml
 done

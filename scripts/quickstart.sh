@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quickstart: the relay's main job end to end on this machine.
-#   scripts/quickstart.sh                  WAL tailing -> Kafka (tansu on 127.0.0.1:9092)
+#   scripts/quickstart.sh                  WAL tailing -> Apache Kafka (127.0.0.1:9092)
 #   scripts/quickstart.sh kafka poll       polling the outbox table -> Kafka
 #   scripts/quickstart.sh rabbitmq poll    polling -> RabbitMQ (127.0.0.1:5672)
 # Starts what is missing (scripts/services.sh), creates a fresh database "quickstart", applies the
@@ -18,7 +18,7 @@ case $sink-$mode in kafka-wal | kafka-poll | rabbitmq-poll) ;;
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "starting services (Postgres with wal_level=logical, RabbitMQ, tansu) where missing"
+step "installing and starting services where missing (Postgres with wal_level=logical, RabbitMQ, Apache Kafka)"
 scripts/services.sh up >/dev/null
 source .services/env
 
@@ -36,8 +36,8 @@ config=config/$mode-$sink.toml
 expected=10
 if [[ $sink == kafka ]]; then
   export OUTBOX_RELAY__SINK__BROKERS=$OUTBOX_RELAY_TEST_KAFKA
-  "$OUTBOX_RELAY_TANSU" topic delete outbox.event.order --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null 2>&1 || true
-  "$OUTBOX_RELAY_TANSU" topic create outbox.event.order --partitions 3 --broker "tcp://$OUTBOX_RELAY_TEST_KAFKA" >/dev/null
+  step "creating Kafka topic outbox.event.order (3 partitions)"
+  scripts/services.sh topic outbox.event.order 3
   [[ $mode == wal ]] && expected=11
   consumer=("$consume" kafka "$OUTBOX_RELAY_TEST_KAFKA" outbox.event.order "$expected")
 else

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The full test suite, as CI runs it (.ci/run calls this):
-#   1. starts the services it needs where missing (scripts/services.sh: Postgres with
-#      wal_level=logical on 127.0.0.1:55432, RabbitMQ, tansu; tansu is built once and cached)
-#   2. cargo fmt --check, clippy -D warnings
-#   3. unit and integration tests against the real services (cargo nextest, else cargo test)
-#   4. stops the services it started
+#   1. installs what is missing and starts the services it needs (scripts/services.sh: Postgres
+#      with wal_level=logical on 127.0.0.1:55432, RabbitMQ, Apache Kafka from Maven Central's
+#      jars; Debian packages and jars are installed/cached once)
+#   2. installs cargo-nextest once (cargo install --locked; it runs the crash tests serially)
+#   3. cargo fmt --check, clippy -D warnings, a build of each sink feature alone
+#   4. unit and integration tests against the real services (cargo nextest)
+#   5. stops the services it started
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +25,14 @@ psql "$OUTBOX_RELAY_TEST_PG" -qAtX -c "select pg_drop_replication_slot(slot_name
 psql "$OUTBOX_RELAY_TEST_PG" -AtX -c "select datname from pg_database where datname like 't\_%'" |
   while read -r db; do psql "$OUTBOX_RELAY_TEST_PG" -qX -c "drop database if exists \"$db\" with (force)"; done
 
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-nextest once (cargo install --locked)" >&2
+  cargo install cargo-nextest --locked
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked
-else
-  cargo test --workspace --locked --no-fail-fast
-fi
+for feature in kafka rabbitmq; do
+  cargo check --locked --no-default-features --features "$feature" --bin outbox-relay
+done
+cargo nextest run --workspace --locked

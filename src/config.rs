@@ -202,6 +202,7 @@ pub(crate) enum SinkConfig {
     Rabbitmq(RabbitConfig),
 }
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KafkaConfig {
@@ -212,10 +213,44 @@ pub(crate) struct KafkaConfig {
     pub(crate) max_message_bytes: usize,
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub(crate) metadata_timeout: Duration,
+    /// "idempotent" (default): idempotent producer; after a crash a possible replay is sent
+    /// again unless its own record (id and position) is in its partition. Works on any
+    /// Kafka-protocol broker. "transactional": batches are Kafka transactions under a stable
+    /// `transactional_id`; a new relay fences the old one; consumers with
+    /// isolation.level=read_committed see each entry once.
+    #[serde(default)]
+    pub(crate) delivery: KafkaDelivery,
+    /// transactional: the `transactional.id`; default "outbox-relay.<pipeline.name>". Keep it
+    /// stable: a new producer fences only older ones with the same id.
+    #[serde(default)]
+    pub(crate) transactional_id: Option<String>,
+    /// transactional: commit a transaction once it is this old...
+    #[serde(default = "defaults::transaction_interval", with = "humantime_serde")]
+    pub(crate) transaction_interval: Duration,
+    /// transactional: ...or holds this many messages.
+    #[serde(default = "defaults::transaction_max_messages")]
+    pub(crate) transaction_max_messages: usize,
     /// Any librdkafka producer property, passed through (security.protocol, sasl.*,
-    /// compression.type, linger.ms, ...). Properties the guarantees rest on are fixed.
+    /// compression.type, linger.ms, transaction.timeout.ms, ...). Properties the guarantees rest
+    /// on are fixed, under their aliases too.
     #[serde(default)]
     pub(crate) properties: BTreeMap<String, toml::Value>,
+}
+
+/// `sink.delivery` for Kafka.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KafkaDelivery {
+    #[default]
+    Idempotent,
+    Transactional,
+}
+
+impl KafkaConfig {
+    /// The passthrough properties as librdkafka takes them (text values).
+    pub(crate) fn property_texts(&self) -> BTreeMap<String, String> {
+        self.properties.iter().map(|(k, v)| (k.clone(), property_text(v))).collect()
+    }
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -231,11 +266,13 @@ impl fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("delivery", &self.delivery)
             .field("properties", &properties)
             .finish_non_exhaustive()
     }
 }
 
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RabbitConfig {
@@ -260,6 +297,7 @@ pub(crate) struct RabbitConfig {
     pub(crate) bindings: Vec<BindingConfig>,
 }
 
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExchangeConfig {
@@ -272,6 +310,7 @@ pub(crate) struct ExchangeConfig {
     pub(crate) arguments: BTreeMap<String, toml::Value>,
 }
 
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct QueueConfig {
@@ -283,6 +322,7 @@ pub(crate) struct QueueConfig {
     pub(crate) arguments: BTreeMap<String, toml::Value>,
 }
 
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BindingConfig {
@@ -370,6 +410,12 @@ mod defaults {
     pub(super) fn kafka_max_message_bytes() -> usize {
         1_000_000
     }
+    pub(super) fn transaction_interval() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub(super) fn transaction_max_messages() -> usize {
+        10_000
+    }
     pub(super) fn rabbit_max_message_bytes() -> usize {
         128 << 20
     }
@@ -456,25 +502,20 @@ impl Config {
             return Err("source.slot and source.publication must not be empty".into());
         }
         match &self.sink {
+            #[cfg(feature = "kafka")]
             SinkConfig::Kafka(kafka) => {
-                for (key, value) in &kafka.properties {
-                    if let Some((_, fixed, why)) =
-                        outbox_relay_kafka::ENFORCED_PROPERTIES.iter().find(|(k, ..)| k == key)
-                    {
-                        let given = property_text(value);
-                        let same = given == *fixed || (*key == "acks" && given == "-1");
-                        if !same {
-                            return Err(format!(
-                                "sink.properties.{key} = {given:?} is not allowed: the relay \
-                                 fixes it to {fixed:?} because {why}"
-                            ));
-                        }
-                    }
-                    if key == "bootstrap.servers" {
-                        return Err("set the brokers with sink.brokers, not sink.properties".into());
-                    }
+                outbox_relay_kafka::validate_properties(
+                    kafka.delivery.into(),
+                    &kafka.property_texts(),
+                )?;
+                if kafka.transaction_max_messages == 0 || kafka.transaction_interval.is_zero() {
+                    return Err("sink.transaction_interval and sink.transaction_max_messages \
+                                must be above 0"
+                        .into());
                 }
             }
+            #[cfg(not(feature = "kafka"))]
+            SinkConfig::Kafka(_) => {}
             SinkConfig::Rabbitmq(rabbit) => {
                 if !(1..=64).contains(&rabbit.lanes) {
                     return Err("sink.lanes must be between 1 and 64".into());
@@ -483,6 +524,16 @@ impl Config {
         }
         crate::router::Router::new(&self.route, &self.pipeline.name).map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl From<KafkaDelivery> for outbox_relay_kafka::Delivery {
+    fn from(delivery: KafkaDelivery) -> Self {
+        match delivery {
+            KafkaDelivery::Idempotent => outbox_relay_kafka::Delivery::Idempotent,
+            KafkaDelivery::Transactional => outbox_relay_kafka::Delivery::Transactional,
+        }
     }
 }
 

@@ -115,7 +115,10 @@ async fn run_once(
         };
         tracing::info!(table = %table.name, "polling the outbox");
         let mut state = RelayState::open(config).await?;
-        sink.begin_run(replay_window(&session, &table, &state, settings).await?);
+        let window = replay_window(&session, &table, &state, settings).await?;
+        if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
+            return Ok(exit);
+        }
         let source = PollSource::new(session, table, options).await?;
         return pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown)
             .await;
@@ -139,10 +142,31 @@ async fn run_once(
         application_name: format!("outbox-relay:{}", config.pipeline.name),
     };
     let mut state = RelayState::open(config).await?;
-    sink.begin_run(replay_window(&session, &table, &state, settings).await?);
+    let window = replay_window(&session, &table, &state, settings).await?;
+    if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
+        return Ok(exit);
+    }
     let source =
         WalSource::start(config.postgres.url.expose(), session, Some(table), options).await?;
     pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown).await
+}
+
+/// Readies the sink for a run (see [`AnySink::begin_run`]); `Some(exit)` when the run ends
+/// before it began: shutdown, or a transient failure the caller retries.
+async fn begin_sink_run(
+    sink: &mut AnySink,
+    window: usize,
+    shutdown: &CancellationToken,
+) -> Result<Option<Exit>, RelayError> {
+    let begun = tokio::select! {
+        () = shutdown.cancelled() => return Ok(Some(Exit::Shutdown)),
+        begun = sink.begin_run(window) => begun,
+    };
+    match begun {
+        Ok(()) => Ok(None),
+        Err(error) if error.retry() == Retry::Transient => Ok(Some(Exit::SourceFailed(error))),
+        Err(source) => Err(RelayError::Fatal { what: "the sink cannot start", source }),
+    }
 }
 
 /// How many of its own records per partition the Kafka sink reads back to recognise replays.

@@ -21,17 +21,22 @@ impl AnySink {
         match config {
             #[cfg(feature = "kafka")]
             SinkConfig::Kafka(kafka) => {
-                let properties = kafka
-                    .properties
-                    .iter()
-                    .map(|(k, v)| (k.clone(), crate::config::property_text(v)))
-                    .collect();
                 let options = outbox_relay_kafka::KafkaOptions {
                     brokers: kafka.brokers.clone(),
-                    properties,
+                    properties: kafka.property_texts(),
                     max_message_bytes: kafka.max_message_bytes,
                     metadata_timeout: kafka.metadata_timeout,
                     pipeline: pipeline.into(),
+                    delivery: kafka.delivery.into(),
+                    transactional_id: kafka
+                        .transactional_id
+                        .clone()
+                        .unwrap_or_else(|| format!("outbox-relay.{pipeline}")),
+                    transactions: outbox_relay_kafka::TransactionSettings {
+                        interval: kafka.transaction_interval,
+                        max_messages: kafka.transaction_max_messages,
+                        timeout: kafka.metadata_timeout,
+                    },
                 };
                 outbox_relay_kafka::KafkaSink::new(options)
                     .map(AnySink::Kafka)
@@ -58,13 +63,14 @@ impl AnySink {
 
 impl AnySink {
     /// A new run starts: replays of earlier runs may follow (see [`crate::state`]); `window`
-    /// bounds how far back the Kafka sink looks for them.
-    pub(crate) fn begin_run(&mut self, window: usize) {
+    /// bounds how far back the Kafka sink looks for them. Returns once nothing of an earlier run
+    /// can still land behind this run's messages (Kafka: drained, or fenced and aborted).
+    pub(crate) async fn begin_run(&mut self, window: usize) -> Result<(), ConnectorError> {
         match self {
             #[cfg(feature = "kafka")]
-            AnySink::Kafka(sink) => sink.begin_run(window),
+            AnySink::Kafka(sink) => sink.begin_run(window).await.map_err(ConnectorError::from),
             #[cfg(feature = "rabbitmq")]
-            AnySink::Rabbit(_) => {}
+            AnySink::Rabbit(_) => Ok(()),
         }
     }
 }

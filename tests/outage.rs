@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::brokers::{RabbitNode, Tansu};
+use support::brokers::{KafkaCluster, RabbitNode};
 use support::check::{kafka_streams, verify, Delivered};
 use support::cluster::Cluster;
 use support::kafka::{create_topic, read_all};
@@ -108,15 +108,15 @@ topic = "{prefix}.${{aggregatetype}}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
-    let mut tansu = Tansu::start().await;
+    let mut kafka = KafkaCluster::single().await;
     let db = fresh_database("outage_kafka").await;
     let prefix = unique("ok");
     let topic = format!("{prefix}.order");
-    create_topic(&tansu.brokers(), &topic, 4).await;
-    let config = kafka_config(&db, &tansu.brokers(), &prefix);
+    create_topic(&kafka.brokers(), &topic, 4).await;
+    let config = kafka_config(&db, &kafka.brokers(), &prefix);
     let mut down_for = Duration::ZERO;
     let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
-        tansu.kill9().await;
+        kafka.kill9(1).await;
         let down_since = Instant::now();
         backlog_builds_up(client).await;
         // The open circuit is visible to operators: `status` and /readyz say why messages wait.
@@ -129,7 +129,7 @@ async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
         assert_eq!(relay.http_get("/readyz").await.as_deref(), Some("retrying\n"));
         tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_since.elapsed())).await;
         down_for = down_since.elapsed();
-        tansu.start_again().await;
+        kafka.start_again(1).await;
         relay
     })
     .await;
@@ -137,7 +137,7 @@ async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
     assert!(status.contains("state:       running"), "the circuit closes again:\n{status}");
     // Replays are recognised in the partitions and not sent again: no duplicates.
     let outcome =
-        verify(&kafka_streams(&read_all(&tansu.brokers(), &topic).await), &committed, false);
+        verify(&kafka_streams(&read_all(&kafka.brokers(), &topic).await), &committed, false);
     stop(relay).await;
     println!(
         "kafka outage (kill -9, down {down_for:.1?}, restart): {} rows committed, {} messages \

@@ -1,5 +1,6 @@
-//! Brokers a test owns, so it can stop and restart them: tansu on an SQLite file, and a
-//! RabbitMQ node of its own. Both keep what they confirmed across a restart.
+//! Brokers a test owns, so it can stop and restart them: Apache Kafka nodes (one, or a
+//! three-node cluster), and a RabbitMQ node of its own. Both keep what they confirmed across a
+//! restart.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,52 +14,146 @@ async fn port_open(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
 }
 
-/// A tansu broker storing into `tansu.db` in its own directory.
-pub struct Tansu {
-    pub port: u16,
+/// Apache Kafka nodes of the test's own (KRaft, each a combined broker + controller): one node,
+/// or a three-node cluster whose internal topics have replication factor 3. Each node keeps its
+/// log directory across a kill, so a restarted node still has what it acknowledged.
+pub struct KafkaCluster {
+    nodes: Vec<KafkaNode>,
     dir: tempfile::TempDir,
+}
+
+struct KafkaNode {
+    id: u32,
+    port: u16,
     child: Option<Child>,
 }
 
-impl Tansu {
-    pub async fn start() -> Tansu {
-        let mut tansu = Tansu { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
-        tansu.start_again().await;
-        tansu
+impl KafkaCluster {
+    /// One node.
+    pub async fn single() -> KafkaCluster {
+        Self::start(1).await
     }
 
+    /// Three nodes; topics made by [`super::kafka::create_replicated_topic`] get replication
+    /// factor 3 and `min.insync.replicas=2`.
+    pub async fn three() -> KafkaCluster {
+        Self::start(3).await
+    }
+
+    async fn start(count: u32) -> KafkaCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let voters: Vec<String> =
+            (1..=count).zip(&ports).map(|(id, (_, c))| format!("{id}@127.0.0.1:{c}")).collect();
+        let template = std::fs::read_to_string(services().kafka_config.join("server.properties"))
+            .expect("scripts/kafka/server.properties");
+        let cluster_id = kafka_tool(&["kafka.tools.StorageTool", "random-uuid"]).await;
+        let mut nodes = Vec::new();
+        for (id, (port, controller)) in (1..=count).zip(ports) {
+            let properties = template
+                .replace("@ID@", &id.to_string())
+                .replace("@PORT@", &port.to_string())
+                .replace("@CONTROLLER_PORT@", &controller.to_string())
+                .replace("@VOTERS@", &voters.join(","))
+                .replace("@DATA@", &dir.path().join(format!("node-{id}")).display().to_string())
+                .replace("@RF@", &count.to_string());
+            let file = dir.path().join(format!("node-{id}.properties"));
+            std::fs::write(&file, properties).unwrap();
+            let file = file.display().to_string();
+            kafka_tool(&[
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id.trim(),
+                "-c",
+                &file,
+            ])
+            .await;
+            nodes.push(KafkaNode { id, port, child: None });
+        }
+        let mut cluster = KafkaCluster { nodes, dir };
+        for id in 1..=count {
+            cluster.spawn(id);
+        }
+        for id in 1..=count {
+            cluster.wait_listening(id).await;
+        }
+        cluster
+    }
+
+    /// `bootstrap.servers` for all nodes.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let all: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        all.join(",")
     }
 
-    /// Starts the broker on the same port and file.
-    pub async fn start_again(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+    fn spawn(&mut self, id: u32) {
+        let dir = self.dir.path().to_owned();
+        let node = &mut self.nodes[id as usize - 1];
         let log = std::fs::File::options()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(dir.join(format!("node-{}.log", node.id)))
             .unwrap();
-        let child = Command::new(services().tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
+        let child = kafka_java()
+            .arg("kafka.Kafka")
+            .arg(dir.join(format!("node-{id}.properties")))
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let port = self.port;
-        wait_for("tansu to listen", Duration::from_secs(30), || port_open(port)).await;
+            .expect("java is installed");
+        node.child = Some(child);
     }
 
-    /// SIGKILL: the broker dies without a chance to flush anything.
-    pub async fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
+    async fn wait_listening(&self, id: u32) {
+        let port = self.nodes[id as usize - 1].port;
+        wait_for("a Kafka node to listen", Duration::from_secs(120), || port_open(port)).await;
+    }
+
+    /// SIGKILL to node `id` (1-based): it dies without a chance to flush anything.
+    pub async fn kill9(&mut self, id: u32) {
+        let mut child = self.nodes[id as usize - 1].child.take().expect("running");
         child.start_kill().unwrap();
         child.wait().await.unwrap();
     }
+
+    /// Starts node `id` again on the same ports and log directory.
+    pub async fn start_again(&mut self, id: u32) {
+        self.spawn(id);
+        self.wait_listening(id).await;
+    }
+
+    /// The node's log, for a failing test's message.
+    pub fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+}
+
+/// `java -cp <Kafka's jars> ...`, with the scripts' logging setup.
+fn kafka_java() -> Command {
+    let services = services();
+    let mut command = Command::new("java");
+    command
+        .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"])
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            services.kafka_config.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/*", services.kafka_libs.display()));
+    command
+}
+
+/// Runs one of Kafka's tools to completion and returns its standard output.
+async fn kafka_tool(args: &[&str]) -> String {
+    let output = kafka_java().args(args).stdin(Stdio::null()).output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// A RabbitMQ node of the test's own (own name, port, data directory).

@@ -11,9 +11,28 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub async fn create_topic(brokers: &str, name: &str, partitions: i32) {
+    create_topic_with(brokers, name, partitions, 1, &[]).await;
+}
+
+/// A topic on a three-node cluster: every partition on all three nodes, and a write acknowledged
+/// only once two of them have it.
+pub async fn create_replicated_topic(brokers: &str, name: &str, partitions: i32) {
+    create_topic_with(brokers, name, partitions, 3, &[("min.insync.replicas", "2")]).await;
+}
+
+async fn create_topic_with(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&topic], &options).await.unwrap();
     for result in results {
@@ -37,12 +56,9 @@ impl Record {
     }
 }
 
-/// Every record now in `topic`, per partition in offset order: reads each partition from the
-/// beginning to its end (partition EOF).
-///
-/// The end comes from fetch responses, not from `ListOffsets`: tansu 0.6 answers
-/// `ListOffsets(latest)` with the base offset of the newest batch + 1, which misses every record
-/// but the first of a multi-record batch.
+/// Every committed record now in `topic`, per partition in offset order: reads each partition
+/// from the beginning to its end (partition EOF) as a `read_committed` consumer, so records of
+/// aborted Kafka transactions are not among them.
 pub async fn read_all(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || read_all_blocking(&brokers, &topic)).await.unwrap()
@@ -55,6 +71,7 @@ fn read_all_blocking(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
         .set("group.id", super::unique("test-reader"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();

@@ -24,7 +24,10 @@ pub struct Services {
     pub pg_data: PathBuf,
     pub kafka: String,
     pub amqp: String,
-    pub tansu: PathBuf,
+    /// Apache Kafka's jars (`scripts/services.sh kafka-libs`).
+    pub kafka_libs: PathBuf,
+    /// `scripts/kafka`: the node template and logging setup.
+    pub kafka_config: PathBuf,
 }
 
 pub fn services() -> Services {
@@ -42,7 +45,8 @@ pub fn services() -> Services {
         pg_data: var("OUTBOX_RELAY_TEST_PG_DATA").into(),
         kafka: var("OUTBOX_RELAY_TEST_KAFKA"),
         amqp: var("OUTBOX_RELAY_TEST_AMQP"),
-        tansu: var("OUTBOX_RELAY_TANSU").into(),
+        kafka_libs: var("OUTBOX_RELAY_KAFKA_LIBS").into(),
+        kafka_config: var("OUTBOX_RELAY_KAFKA_CONFIG").into(),
     }
 }
 

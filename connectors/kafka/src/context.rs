@@ -80,7 +80,7 @@ impl RelayContext {
 impl ClientContext for RelayContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if facility == "CONFWARN" && message.contains("enable.gapless.guarantee is experimental") {
-            // Our deliberate choice (see ENFORCED_PROPERTIES), not news for the operator.
+            // Our deliberate choice (see `properties::enforced`), not news for the operator.
             tracing::debug!(facility, "librdkafka: {message}");
             return;
         }

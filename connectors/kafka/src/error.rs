@@ -46,6 +46,21 @@ pub enum KafkaSinkError {
     ProducerFailed { id: String, reason: String },
     #[error("Kafka topic {topic:?} is not ready ({why})")]
     TopicNotReady { topic: String, why: String },
+    #[error("cannot {what} a Kafka transaction")]
+    Transaction {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("message {id} waits: {reason}")]
+    TransactionPending { id: String, reason: String },
+    #[error("the Kafka transaction holding message {id} was aborted ({reason}); it is sent again")]
+    Aborted { id: String, reason: String },
+    #[error(
+        "the Kafka producer was fenced or failed for good ({reason}): another relay with the \
+         same transactional.id took over this pipeline, or the cluster refuses this producer"
+    )]
+    Fenced { reason: String },
     #[error(
         "cannot read the end of Kafka topic {topic:?} partition {partition} to recognise replays"
     )]
@@ -68,6 +83,17 @@ impl KafkaSinkError {
             | KafkaSinkError::Unreachable { source, .. }
             | KafkaSinkError::Produce { source, .. } => classify(source),
             KafkaSinkError::Tail { .. } => Retry::Transient,
+            KafkaSinkError::Transaction { source, .. } => match source {
+                KafkaError::Transaction(e) if e.is_fatal() => Retry::Fatal,
+                other => match classify(other) {
+                    Retry::Permanent => Retry::Fatal,
+                    retry => retry,
+                },
+            },
+            KafkaSinkError::TransactionPending { .. } | KafkaSinkError::Aborted { .. } => {
+                Retry::Transient
+            }
+            KafkaSinkError::Fenced { .. } => Retry::Fatal,
             KafkaSinkError::Canceled { .. }
             | KafkaSinkError::QueueFull { .. }
             | KafkaSinkError::ProducerFailed { .. }

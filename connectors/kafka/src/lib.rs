@@ -8,14 +8,22 @@
 //! - Nothing is dropped to make room or time: `message.timeout.ms = 0` (never give up on a
 //!   transient failure) and `enable.gapless.guarantee = true` (a permanent failure stops the
 //!   producer instead of letting later messages of the partition overtake the failed one).
-//! - A message that may have been delivered by an earlier run is sent only if it is not already
-//!   in its partition (see `replay`).
+//! - A message that may have been delivered by an earlier run is sent again unless that very
+//!   record (its id and position) is in its partition (see `replay`).
+//! - With `Delivery::Transactional`, a confirm means the Kafka transaction holding the message
+//!   committed, and a new producer fences every older one of the pipeline (see `transaction`).
+//! - The properties these rest on cannot be overridden, not even through librdkafka's aliases
+//!   (see `properties`).
 
 mod context;
 mod error;
 mod partition;
+mod properties;
 mod replay;
 mod sink;
+mod transaction;
 
 pub use error::KafkaSinkError;
-pub use sink::{ClusterInfo, KafkaOptions, KafkaSink, ENFORCED_PROPERTIES};
+pub use properties::{validate as validate_properties, Delivery};
+pub use sink::{ClusterInfo, KafkaOptions, KafkaSink};
+pub use transaction::TransactionSettings;

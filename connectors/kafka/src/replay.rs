@@ -1,16 +1,14 @@
 //! Recognising replays (DESIGN §3.4). A message that may have been delivered by an earlier run
-//! (`Message::possible_replay`) is looked up in the tail of the partition it would go to, among
-//! the records of this pipeline (header `outbox-pipeline`):
-//! - WAL positions are commit-ordered and a partition holds a prefix of what was sent to it, so
-//!   a message whose position is at or below the newest one found there is already there;
-//! - poll positions are not ordered that way, so the tail's ids decide;
-//! - a redriven dead letter keeps its old position but is sent behind newer ones, so its id
-//!   decides too (the relay sends nothing else until a redriven entry is recorded as delivered,
-//!   so one cut short by a crash is among the last records of ours).
-//!
-//! A record found there was acknowledged by the brokers (it is readable only once replicated),
-//! so the message counts as confirmed without being sent again. Invariant: only a record that
-//! is really in the partition suppresses a send; when in doubt, the message is sent.
+//! (`Message::possible_replay`) is looked up in the tail of the partition it maps to now, among
+//! the records of this pipeline (header `outbox-pipeline`). It counts as delivered only on proof
+//! that **this very message** is there: a record with its id *and* its source position. Nothing
+//! is inferred from other records — not from a higher position (a forged or mirrored record, a
+//! route or partition count that changed, two relays sharing a pipeline name, LSNs reused after
+//! a point-in-time restore would all turn that inference into a loss). A record found there was
+//! acknowledged by the brokers (committed records only: the reader is `read_committed`, so an
+//! aborted transaction proves nothing), so the message counts as confirmed without being sent
+//! again. Invariant: when in doubt, the message is sent: a duplicate is a nuisance, a false
+//! "already there" is a loss.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -24,16 +22,13 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::KafkaSinkError;
 
-/// Records read from a tail before the WAL scan widens (it only needs the newest of ours).
-const FIRST_SCAN: i64 = 512;
 /// Deadline for reading one tail.
 const TAIL_DEADLINE: Duration = Duration::from_secs(60);
 
-/// What this pipeline left at the end of one partition.
+/// What this pipeline left at the end of one partition: `(id, position)` of each record.
 #[derive(Debug, Default)]
 struct Tail {
-    newest: Option<Position>,
-    ids: HashSet<String>,
+    records: HashSet<(String, Position)>,
 }
 
 #[derive(Debug)]
@@ -71,10 +66,9 @@ impl Tails {
         if !self.read.contains_key(&key) {
             let (config, pipeline, window) =
                 (self.consumer.clone(), self.pipeline.clone(), self.window);
-            let (topic, wal) =
-                (message.destination.clone(), matches!(message.position, Position::Wal { .. }));
+            let topic = message.destination.clone();
             let tail = tokio::task::spawn_blocking(move || {
-                read_tail(&config, &topic, partition, &pipeline, window, wal)
+                read_tail(&config, &topic, partition, &pipeline, window)
             })
             .await
             .expect("tail reader does not panic")
@@ -83,44 +77,29 @@ impl Tails {
                 partition,
                 source: Box::new(source),
             })?;
-            tracing::info!(topic = %message.destination, partition, newest = ?tail.newest, ids = tail.ids.len(), "read the partition's tail to recognise replays");
+            tracing::info!(topic = %message.destination, partition, records = tail.records.len(), "read the partition's tail to recognise replays");
             self.read.insert(key.clone(), tail);
         }
-        let tail = &self.read[&key];
-        Ok(match message.position {
-            _ if message.redrive => tail.ids.contains(&message.id),
-            Position::Wal { .. } => tail.newest.is_some_and(|newest| message.position <= newest),
-            Position::Poll { .. } => tail.ids.contains(&message.id),
-        })
+        // One lookup for every kind of entry (WAL, poll, redriven dead letter): its own record.
+        let wanted = (message.id.clone(), message.position);
+        Ok(self.read[&key].records.contains(&wanted))
     }
 }
 
-/// Reads the end of `topic`/`partition` back to `window` records (for WAL, only until a record
-/// of `pipeline` is found) and collects what `pipeline` wrote there.
+/// Reads the end of `topic`/`partition` back to `window` records (on to the partition's end,
+/// which may have moved on since the watermarks were read) and collects what `pipeline` wrote.
 fn read_tail(
     config: &ClientConfig,
     topic: &str,
     partition: i32,
     pipeline: &str,
     window: usize,
-    wal: bool,
 ) -> Result<Tail, KafkaError> {
     let consumer: BaseConsumer<TailContext> = config.create_with_context(TailContext)?;
     let timeout = Duration::from_secs(10);
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let window = i64::try_from(window).unwrap_or(i64::MAX).max(1);
-    let mut scan = if wal { FIRST_SCAN.min(window) } else { window };
-    loop {
-        // `high` can lag the real end (tansu reports the last batch's base offset + 1): reading
-        // on to the end of the partition covers that.
-        let start = high.saturating_sub(scan).max(low);
-        let tail = read_from(&consumer, topic, partition, start, pipeline)?;
-        let found = tail.newest.is_some() || !tail.ids.is_empty();
-        if !wal || found || start == low || scan >= window {
-            return Ok(tail);
-        }
-        scan = (scan * 8).min(window);
-    }
+    read_from(&consumer, topic, partition, high.saturating_sub(window).max(low), pipeline)
 }
 
 fn read_from(
@@ -158,14 +137,9 @@ fn read_from(
         if header(headers::PIPELINE) != Some(pipeline) {
             continue;
         }
-        if let Some(position) = header(headers::POSITION).and_then(|p| p.parse::<Position>().ok()) {
-            if matches!(position, Position::Wal { .. }) && tail.newest.is_none_or(|n| position > n)
-            {
-                tail.newest = Some(position);
-            }
-        }
-        if let Some(id) = header(headers::ID) {
-            tail.ids.insert(id.to_owned());
+        let position = header(headers::POSITION).and_then(|p| p.parse::<Position>().ok());
+        if let (Some(id), Some(position)) = (header(headers::ID), position) {
+            tail.records.insert((id.to_owned(), position));
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The Kafka sink proper. Invariant: the properties in [`ENFORCED_PROPERTIES`] are always set on
-//! the producer; configuration that contradicts them is refused, not silently overridden.
+//! The Kafka sink proper. Invariant: the properties of [`crate::properties::enforced`] are always
+//! set on the producer; configuration that contradicts them is refused, not silently overridden.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,22 +14,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::context::{Health, RelayContext};
 use crate::partition::partition_for;
+use crate::properties::{enforced, Delivery};
 use crate::replay::Tails;
+use crate::transaction::{TransactionSettings, Transactions};
 use crate::KafkaSinkError;
-
-/// librdkafka properties the relay's guarantees rest on, with the reason.
-pub const ENFORCED_PROPERTIES: &[(&str, &str, &str)] = &[
-    ("enable.idempotence", "true", "keeps each partition's order across retries, no duplicates"),
-    ("acks", "all", "a confirm means every in-sync replica has the message"),
-    ("partitioner", "murmur2_random", "a key lands on the partition Java clients choose"),
-    ("message.timeout.ms", "0", "a message is never given up on while the broker is away"),
-    ("enable.gapless.guarantee", "true", "a failed message is never overtaken in its partition"),
-];
 
 /// Distinct topics remembered (with their partition count) before the memo is reset.
 const KNOWN_TOPICS_MAX: usize = 10_000;
 /// Pause before retrying a produce that found librdkafka's local queue full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+/// How often a new run looks whether the previous run's messages have left the producer.
+const DRAIN_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Debug)]
 pub struct KafkaOptions {
@@ -45,6 +40,12 @@ pub struct KafkaOptions {
     /// The pipeline's name: messages carry it (header `outbox-pipeline`), and replays are looked
     /// for among its records.
     pub pipeline: String,
+    /// Idempotent producer with replay suppression, or Kafka transactions.
+    pub delivery: Delivery,
+    /// `transactional.id` in transactional mode: stable per pipeline, so a new producer fences
+    /// the old one.
+    pub transactional_id: String,
+    pub transactions: TransactionSettings,
 }
 
 /// What `check` learned about the cluster.
@@ -70,6 +71,8 @@ pub struct KafkaSink {
     tails: Tails,
     /// Possible replays found in their partition and not sent again.
     recognised: u64,
+    /// In transactional mode: the open transaction and its committer.
+    transactions: Option<Transactions>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -84,12 +87,41 @@ impl KafkaSink {
         let producer = producer(&options, &health)?;
         let mut tails = Tails::new(replay_consumer(&options));
         tails.reset(&options.pipeline, 0);
-        Ok(Self { options, producer, health, partitions: HashMap::new(), tails, recognised: 0 })
+        let transactions = (options.delivery == Delivery::Transactional)
+            .then(|| Transactions::new(producer.clone(), options.transactions));
+        Ok(Self {
+            options,
+            producer,
+            health,
+            partitions: HashMap::new(),
+            tails,
+            recognised: 0,
+            transactions,
+        })
     }
 
     /// A run starts: replays of earlier runs may follow; look `window` records back for them.
-    pub fn begin_run(&mut self, window: usize) {
+    ///
+    /// First, nothing of an earlier run may still be on its way, or it could land after this
+    /// run's re-sends: transactional mode fences older producers and aborts what this one left
+    /// open; idempotent mode waits until the producer has delivered everything it holds (while
+    /// the cluster is away, that wait lasts as long as the outage).
+    pub async fn begin_run(&mut self, window: usize) -> Result<(), KafkaSinkError> {
+        match &self.transactions {
+            Some(transactions) => transactions.begin_run().await?,
+            None => {
+                let mut logged = false;
+                while self.producer.in_flight_count() > 0 {
+                    if !logged {
+                        tracing::info!(messages = self.producer.in_flight_count(), "waiting for the previous run's messages to reach Kafka before reading partition tails");
+                        logged = true;
+                    }
+                    tokio::time::sleep(DRAIN_PAUSE).await;
+                }
+            }
+        }
         self.tails.reset(&self.options.pipeline, window);
+        Ok(())
     }
 
     /// Fetches cluster metadata: proves the brokers are reachable and lists the topics.
@@ -163,6 +195,10 @@ impl KafkaSink {
     /// and the producer is replaced.
     fn renew_if_fatal(&mut self, id: &str) -> Result<(), KafkaSinkError> {
         let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
+        if self.transactions.is_some() {
+            // A fenced transactional producer must not come back: another relay leads now.
+            return Err(KafkaSinkError::Fenced { reason });
+        }
         if self.producer.in_flight_count() > 0 {
             return Err(KafkaSinkError::ProducerFailed { id: id.into(), reason });
         }
@@ -207,6 +243,10 @@ impl Sink for KafkaSink {
         if let Some(payload) = &message.payload {
             record = record.payload(payload);
         }
+        let enlisted = match &self.transactions {
+            Some(transactions) => Some(transactions.enlist(&message.id).await?),
+            None => None,
+        };
         let full_since = std::time::Instant::now();
         let delivery = loop {
             match self.producer.send_result(record) {
@@ -236,7 +276,7 @@ impl Sink for KafkaSink {
         let id = message.id.clone();
         let topic = message.destination.clone();
         let health = Arc::clone(&self.health);
-        Ok(Box::pin(delivery.map(move |report| match report {
+        let delivered: Confirm = Box::pin(delivery.map(move |report| match report {
             Ok(Ok(_delivered)) => {
                 health.delivered();
                 Ok(())
@@ -245,7 +285,11 @@ impl Sink for KafkaSink {
                 Err(KafkaSinkError::Produce { id, topic, source: Box::new(source) }.into())
             }
             Err(_canceled) => Err(KafkaSinkError::Canceled { id }.into()),
-        })))
+        }));
+        Ok(match enlisted {
+            Some(enlisted) => enlisted.confirm(message.id.clone(), delivered),
+            None => delivered,
+        })
     }
 
     fn trouble(&self) -> Option<String> {
@@ -271,6 +315,8 @@ fn replay_consumer(options: &KafkaOptions) -> ClientConfig {
         .set("group.id", format!("outbox-relay.{}.replay-check", options.pipeline))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // Only committed records prove a delivery (transactional mode aborts what a crash left).
+        .set("isolation.level", "read_committed")
         // The end of a partition is the point: do not let the broker hold a fetch for more.
         .set("fetch.wait.max.ms", "10");
     config
@@ -286,8 +332,11 @@ fn producer(
     for (key, value) in &options.properties {
         config.set(key, value);
     }
-    for (key, value, _why) in ENFORCED_PROPERTIES {
-        config.set(*key, *value);
+    for (key, value, _why) in enforced(options.delivery, &options.properties) {
+        config.set(key, value);
+    }
+    if options.delivery == Delivery::Transactional {
+        config.set("transactional.id", &options.transactional_id);
     }
     config
         .create_with_context(RelayContext::new(Arc::clone(health)))
