@@ -169,17 +169,21 @@ async fn begin_sink_run(
     }
 }
 
-/// How many of its own records per partition the Kafka sink reads back to recognise replays.
-/// Polling: the rows an earlier run may have sent and not acknowledged (still in the outbox, at
-/// or below the replay horizon) bound it exactly; WAL tailing only needs the newest record, so
-/// twice the window is plenty.
+/// Most records per partition a WAL run reads back to recognise replays (it stops earlier, at
+/// the first record of its own older than what it replays).
+const WAL_TAIL_MAX: usize = 250_000;
+
+/// How many records per partition the Kafka sink may read back to recognise replays. Polling:
+/// the rows an earlier run may have sent and not acknowledged (still in the outbox, at or below
+/// the replay horizon) bound it exactly; WAL tailing scans back to below its first replay, up
+/// to [`WAL_TAIL_MAX`] records or twice the window.
 async fn replay_window(
     session: &outbox_relay_postgres::Session,
     table: &OutboxTable,
     state: &RelayState,
     settings: &Settings,
 ) -> Result<usize, RelayError> {
-    let fallback = settings.max_in_flight.saturating_mul(2);
+    let fallback = settings.max_in_flight.saturating_mul(2).max(WAL_TAIL_MAX);
     let Some(outbox_relay_core::Position::Poll { seq }) = state.replay_horizon() else {
         return Ok(fallback);
     };

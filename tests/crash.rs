@@ -1,7 +1,9 @@
 //! Crash safety with the real binary: 20 rounds of SIGKILL at random moments while 100 000
 //! messages flow, for WAL tailing and polling, into Kafka and into RabbitMQ.
 //! - 0 lost, each key's commit order kept;
-//! - Kafka: 0 duplicates (replays are recognised in the partitions);
+//! - Kafka, both delivery modes: 0 duplicates (idempotent: replays are recognised in the
+//!   partitions; transactional: what a killed run left open is aborted, what it committed is
+//!   recognised), each key on the partition the Java client picks;
 //! - RabbitMQ: duplicates happen (a confirm lost with the process), every one is marked, and a
 //!   consumer using the inbox processes each message exactly once, in order.
 
@@ -14,7 +16,7 @@ use outbox_relay_inbox::Inbox;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::check::{kafka_streams, verify, Delivered};
-use support::kafka::{create_topic, read_all};
+use support::kafka::{create_topic, java_partition, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::rabbit::{drain, two_hashed_queues, Delivery};
 use support::relay::{migrate, Relay};
@@ -23,6 +25,7 @@ use support::{services, unique, wait_for};
 
 const ROWS: usize = 100_000;
 const ROUNDS: usize = 20;
+const PARTITIONS: i32 = 6;
 
 fn workload() -> Workload {
     Workload {
@@ -94,22 +97,32 @@ fn config(db: &str, mode: &str, slot: &str, sink: &str, prefix: &str) -> String 
     )
 }
 
-async fn kafka_case(mode: &str, seed: u64) {
+async fn kafka_case(mode: &str, delivery: &str, seed: u64) {
     let db = fresh_database(&format!("crash_kafka_{mode}")).await;
     let (slot, prefix) = (unique("slot"), unique("ck"));
     let topic = format!("{prefix}.order");
-    create_topic(&services().kafka, &topic, 6).await;
-    let sink = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
+    create_topic(&services().kafka, &topic, PARTITIONS).await;
+    let sink = format!(
+        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\ndelivery = \"{delivery}\"\n",
+        services().kafka
+    );
     let config = config(&db, mode, &slot, &sink, &prefix);
     let (committed, mut relay, kills) = with_kills(&db, &config, seed).await;
-    let outcome =
-        verify(&kafka_streams(&read_all(&services().kafka, &topic).await), &committed, false);
-    assert!(kills.recognised > 0, "the restarts replayed messages, recognised in Kafka: {kills:?}");
+    let partitions = read_all(&services().kafka, &topic).await;
+    let outcome = verify(&kafka_streams(&partitions), &committed, false);
+    for record in partitions.iter().flatten() {
+        let key = record.key.as_deref().expect("keyed");
+        assert_eq!(record.partition, java_partition(key, PARTITIONS), "partition of key {key}");
+    }
+    if delivery == "idempotent" {
+        // Transactional runs abort what a kill left open, so they may have nothing to recognise.
+        assert!(kills.recognised > 0, "the restarts replayed messages, recognised: {kills:?}");
+    }
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(60)).await.success(), "{}", relay.log());
     drop_slot(&slot).await;
     println!(
-                "crash {mode}→kafka: {ROUNDS} kill -9 rounds ({} mid-flow), {} rows committed, {} messages \
+                "crash {mode}→kafka ({delivery}): {ROUNDS} kill -9 rounds ({} mid-flow), {} rows committed, {} messages \
          checked, 0 lost, 0 duplicates ({} replays recognised and not sent again), key order kept",
         kills.mid_flow,
         committed.rows(),
@@ -211,12 +224,22 @@ async fn drop_slot(slot: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wal_to_kafka_survives_20_kills_with_no_loss_and_no_duplicates() {
-    kafka_case("wal", 1).await;
+    kafka_case("wal", "idempotent", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poll_to_kafka_survives_20_kills_with_no_loss_and_no_duplicates() {
-    kafka_case("poll", 2).await;
+    kafka_case("poll", "idempotent", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wal_to_kafka_transactional_survives_20_kills_exactly_once() {
+    kafka_case("wal", "transactional", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poll_to_kafka_transactional_survives_20_kills_exactly_once() {
+    kafka_case("poll", "transactional", 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

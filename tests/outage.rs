@@ -68,7 +68,7 @@ async fn stop(mut relay: Relay) {
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
 }
 
-fn kafka_config(db: &str, brokers: &str, prefix: &str) -> String {
+fn kafka_config(db: &str, brokers: &str, prefix: &str, delivery: &str) -> String {
     format!(
         r#"
 [postgres]
@@ -79,6 +79,7 @@ retry_max_backoff = "2s"
 kind = "kafka"
 brokers = "{brokers}"
 metadata_timeout = "2s"
+delivery = "{delivery}"
 [route]
 topic = "{prefix}.${{aggregatetype}}"
 "#
@@ -108,12 +109,21 @@ topic = "{prefix}.${{aggregatetype}}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
+    kafka_broker_outage("idempotent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_broker_killed_for_30s_and_restarted_mid_run_transactional_exactly_once() {
+    kafka_broker_outage("transactional").await;
+}
+
+async fn kafka_broker_outage(delivery: &str) {
     let mut kafka = KafkaCluster::single().await;
     let db = fresh_database("outage_kafka").await;
     let prefix = unique("ok");
     let topic = format!("{prefix}.order");
     create_topic(&kafka.brokers(), &topic, 4).await;
-    let config = kafka_config(&db, &kafka.brokers(), &prefix);
+    let config = kafka_config(&db, &kafka.brokers(), &prefix, delivery);
     let mut down_for = Duration::ZERO;
     let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
         kafka.kill9(1).await;
@@ -140,7 +150,7 @@ async fn kafka_broker_killed_for_30s_and_restarted_mid_run_loses_nothing() {
         verify(&kafka_streams(&read_all(&kafka.brokers(), &topic).await), &committed, false);
     stop(relay).await;
     println!(
-        "kafka outage (kill -9, down {down_for:.1?}, restart): {} rows committed, {} messages \
+        "kafka outage ({delivery}; kill -9, down {down_for:.1?}, restart): {} rows committed, {} messages \
          read, {} duplicates, 0 lost, key order kept",
         committed.rows(),
         outcome.messages,
@@ -183,7 +193,7 @@ async fn relay_killed_mid_run_and_restarted_loses_nothing() {
     let prefix = unique("rk");
     let topic = format!("{prefix}.order");
     create_topic(&services.kafka, &topic, 4).await;
-    let config = kafka_config(&db, &services.kafka, &prefix);
+    let config = kafka_config(&db, &services.kafka, &prefix, "idempotent");
     let (committed, relay) = interrupted_run(&db, &config, async |mut relay, _| {
         relay.kill9().await;
         Relay::spawn(&config)
@@ -213,8 +223,14 @@ async fn postgres_restart_case(mode: &str) {
     // Small batches and window: the backlog takes a while, so the restart lands mid-stream.
     let config = format!(
         "{}[source]\nmode = \"{mode}\"\nbatch_size = 100\n",
-        kafka_config(&db, &kafka, &prefix)
-            .replace("[pipeline]\n", "[pipeline]\nmax_in_flight = 200\n")
+        // WAL runs in transactional mode: an in-process restart aborts what the old run left open.
+        kafka_config(
+            &db,
+            &kafka,
+            &prefix,
+            if mode == "wal" { "transactional" } else { "idempotent" }
+        )
+        .replace("[pipeline]\n", "[pipeline]\nmax_in_flight = 200\n")
     );
     migrate(&config).await;
     let workload =
@@ -275,7 +291,7 @@ async fn postgres_connections_cut_by_a_proxy_mid_run_lose_nothing() {
     let slot = unique("slot");
     let config = format!(
         "{}[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
-        kafka_config(&via_proxy, &services.kafka, &prefix)
+        kafka_config(&via_proxy, &services.kafka, &prefix, "idempotent")
     );
     let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
         proxy.cut_for(Duration::from_secs(3)).await;

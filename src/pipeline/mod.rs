@@ -482,12 +482,13 @@ where
                 }
                 acknowledge_prefix(&mut tracker, &ack_tx, &mut records).await;
             }
-            _ = health_check.tick(), if ending.is_none() && !recovering => {
-                // Messages wait while the client retries on its own: say so (the "circuit" is
-                // open), and say when it closes again.
+            _ = health_check.tick(), if ending.is_none() => {
+                // Messages wait while the client retries on its own (also while a failed round
+                // waits for its last confirms): say so (the "circuit" is open), and say when it
+                // closes again.
                 match sink.trouble().filter(|_| tracker.outstanding() > 0) {
                     Some(reason) => records.announce(Activity::Retrying, Some(&reason)).await,
-                    None if metrics.state() == Activity::Retrying => {
+                    None if !recovering && metrics.state() == Activity::Retrying => {
                         records.announce(Activity::Running, None).await;
                     }
                     None => {}

@@ -93,6 +93,8 @@ fn read_all_blocking(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
                 at_end[p as usize] = true;
                 continue;
             }
+            // A node of a cluster killed by the test: the reader goes on with the others.
+            Some(Err(error)) if transient(&error) => continue,
             Some(Err(error)) => panic!("reading {topic}: {error}"),
             Some(Ok(message)) => message,
         };
@@ -118,6 +120,21 @@ fn read_all_blocking(brokers: &str, topic: &str) -> Vec<Vec<Record>> {
         });
     }
     out
+}
+
+fn transient(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::Resolve
+                | C::OperationTimedOut
+                | C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+        )
+    )
 }
 
 /// Kafka's `Utils.murmur2`, as the Java client computes it.

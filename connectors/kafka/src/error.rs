@@ -57,6 +57,11 @@ pub enum KafkaSinkError {
     #[error("the Kafka transaction holding message {id} was aborted ({reason}); it is sent again")]
     Aborted { id: String, reason: String },
     #[error(
+        "the Kafka producer failed for good ({reason}); whether the transaction holding message \
+         {id} committed is unknown: it is looked up in its partition and sent again if missing"
+    )]
+    OutcomeUnknown { id: String, reason: String },
+    #[error(
         "the Kafka producer was fenced or failed for good ({reason}): another relay with the \
          same transactional.id took over this pipeline, or the cluster refuses this producer"
     )]
@@ -90,9 +95,9 @@ impl KafkaSinkError {
                     retry => retry,
                 },
             },
-            KafkaSinkError::TransactionPending { .. } | KafkaSinkError::Aborted { .. } => {
-                Retry::Transient
-            }
+            KafkaSinkError::TransactionPending { .. }
+            | KafkaSinkError::Aborted { .. }
+            | KafkaSinkError::OutcomeUnknown { .. } => Retry::Transient,
             KafkaSinkError::Fenced { .. } => Retry::Fatal,
             KafkaSinkError::Canceled { .. }
             | KafkaSinkError::QueueFull { .. }

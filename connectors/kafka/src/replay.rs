@@ -22,6 +22,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::KafkaSinkError;
 
+/// Records read from a tail before a WAL scan widens (×8 each time, up to the window).
+const FIRST_SCAN: i64 = 1024;
 /// Deadline for reading one tail.
 const TAIL_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -56,6 +58,12 @@ impl Tails {
         self.read.clear();
     }
 
+    /// What was read is stale, and at least `window` records back are to be looked at from now.
+    pub(crate) fn forget_and_widen(&mut self, window: usize) {
+        self.read.clear();
+        self.window = self.window.max(window);
+    }
+
     /// Whether `message` is already in `partition` of its topic.
     pub(crate) async fn contains(
         &mut self,
@@ -67,8 +75,12 @@ impl Tails {
             let (config, pipeline, window) =
                 (self.consumer.clone(), self.pipeline.clone(), self.window);
             let topic = message.destination.clone();
+            // WAL messages come in commit order: the first one that asks for this tail is the
+            // oldest this run can replay into it, so the scan may stop below it.
+            let floor =
+                matches!(message.position, Position::Wal { .. }).then_some(message.position);
             let tail = tokio::task::spawn_blocking(move || {
-                read_tail(&config, &topic, partition, &pipeline, window)
+                read_tail(&config, &topic, partition, &pipeline, window, floor)
             })
             .await
             .expect("tail reader does not panic")
@@ -86,20 +98,35 @@ impl Tails {
     }
 }
 
-/// Reads the end of `topic`/`partition` back to `window` records (on to the partition's end,
-/// which may have moved on since the watermarks were read) and collects what `pipeline` wrote.
+/// Reads the end of `topic`/`partition` (on to the partition's end, which may have moved on
+/// since the watermarks were read) and collects what `pipeline` wrote there: polling, `window`
+/// records back; WAL (`floor`), back until a record of `pipeline` older than `floor` shows up,
+/// widening the scan up to `window` records. Stopping early can only cost a duplicate: a record
+/// not read is a message sent again.
 fn read_tail(
     config: &ClientConfig,
     topic: &str,
     partition: i32,
     pipeline: &str,
     window: usize,
+    floor: Option<Position>,
 ) -> Result<Tail, KafkaError> {
     let consumer: BaseConsumer<TailContext> = config.create_with_context(TailContext)?;
     let timeout = Duration::from_secs(10);
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let window = i64::try_from(window).unwrap_or(i64::MAX).max(1);
-    read_from(&consumer, topic, partition, high.saturating_sub(window).max(low), pipeline)
+    let mut scan = if floor.is_some() { FIRST_SCAN.min(window) } else { window };
+    loop {
+        let start = high.saturating_sub(scan).max(low);
+        let tail = read_from(&consumer, topic, partition, start, pipeline)?;
+        let below_floor = floor.is_none_or(|floor| {
+            tail.records.iter().any(|(_, p)| matches!(p, Position::Wal { .. }) && *p < floor)
+        });
+        if below_floor || start == low || scan >= window {
+            return Ok(tail);
+        }
+        scan = scan.saturating_mul(8).min(window);
+    }
 }
 
 fn read_from(

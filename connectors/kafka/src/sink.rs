@@ -193,12 +193,11 @@ impl KafkaSink {
     /// it still holds messages, sending on a fresh producer could overtake them: fail instead, so
     /// the engine waits for every confirm and re-sends in order — by then nothing is in flight
     /// and the producer is replaced.
-    fn renew_if_fatal(&mut self, id: &str) -> Result<(), KafkaSinkError> {
-        let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
+    async fn renew_if_fatal(&mut self, id: &str) -> Result<(), KafkaSinkError> {
         if self.transactions.is_some() {
-            // A fenced transactional producer must not come back: another relay leads now.
-            return Err(KafkaSinkError::Fenced { reason });
+            return self.renew_transactional_if_lost(id).await;
         }
+        let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
         if self.producer.in_flight_count() > 0 {
             return Err(KafkaSinkError::ProducerFailed { id: id.into(), reason });
         }
@@ -206,6 +205,35 @@ impl KafkaSink {
         self.producer = producer(&self.options, &self.health)?;
         // What the old producer delivered is not in the tails read so far.
         self.tails.forget();
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// Transactional mode: a producer fenced by a newer one never comes back (another relay
+    /// leads now); one lost otherwise is replaced once every confirm it gave out resolved, and
+    /// what it may have committed is read anew from the partitions.
+    async fn renew_transactional_if_lost(&mut self, id: &str) -> Result<(), KafkaSinkError> {
+        let Some(transactions) = &self.transactions else { return Ok(()) };
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            if matches!(
+                code,
+                RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            ) {
+                return Err(KafkaSinkError::Fenced { reason });
+            }
+        }
+        if !transactions.needs_new_producer() {
+            return Ok(());
+        }
+        tracing::warn!(id, "replacing the failed Kafka producer; messages whose transaction's outcome is unknown are looked up first");
+        let producer = producer(&self.options, &self.health)?;
+        let renewed = transactions.renewed(producer.clone());
+        self.producer = producer;
+        self.transactions = Some(renewed);
+        self.transactions.as_ref().expect("just set").begin_run().await?;
+        // The lost transaction's records, if it committed, are the last of each partition.
+        self.tails.forget_and_widen(self.options.transactions.max_messages.saturating_add(16));
         Ok(())
     }
 }
@@ -221,10 +249,16 @@ impl Sink for KafkaSink {
             }
             .into());
         }
-        self.renew_if_fatal(&message.id)?;
+        self.renew_if_fatal(&message.id).await?;
         let partitions = self.ensure_topic(&message.destination).await?;
         let partition = partition_for(message, partitions);
-        if message.possible_replay && self.tails.contains(message, partition).await? {
+        let outcome_unknown = self
+            .transactions
+            .as_ref()
+            .is_some_and(|t| t.take_unknown(&message.id, message.position));
+        if (message.possible_replay || outcome_unknown)
+            && self.tails.contains(message, partition).await?
+        {
             tracing::debug!(id = %message.id, position = %message.position, partition, "already in Kafka; not sent again");
             self.recognised += 1;
             return Ok(Box::pin(futures::future::ready(Ok(()))));
@@ -287,7 +321,7 @@ impl Sink for KafkaSink {
             Err(_canceled) => Err(KafkaSinkError::Canceled { id }.into()),
         }));
         Ok(match enlisted {
-            Some(enlisted) => enlisted.confirm(message.id.clone(), delivered),
+            Some(enlisted) => enlisted.confirm(message.id.clone(), message.position, delivered),
             None => delivered,
         })
     }

@@ -12,15 +12,22 @@
 //!   producer with that id (a crashed run, a deposed leader) and aborts what it left open,
 //!   before this run reads a partition's tail. A producer fenced in its turn fails every
 //!   confirm as fatal: the relay halts loudly rather than write beside the new leader.
+//! - A producer that fails for good otherwise (the cluster lost track of the transaction while
+//!   its coordinator moved, say) leaves its transaction's outcome unknown: every confirm in it
+//!   fails as transient and its message is remembered as *unknown*. The sink then replaces the
+//!   producer (whose `init_transactions` waits for the coordinator to settle the old
+//!   transaction) and sends an unknown message again only if its own record is not in its
+//!   partition, exactly like a replay after a crash.
 //! - Produce and commit never overlap: both hold the book's lock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{FutureExt, Shared};
-use outbox_relay_core::{Confirm, ConnectorError};
-use rdkafka::error::KafkaError;
+use outbox_relay_core::{Confirm, Position};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::{oneshot, Mutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
@@ -48,9 +55,14 @@ enum Ended {
     Committed,
     /// Aborted (or never begun): its messages are sent again.
     Aborted(String),
-    /// This producer was fenced or failed for good: nothing more can be sent with it.
-    Fatal(String),
+    /// A newer producer of this `transactional.id` fenced this one: another relay leads.
+    Fenced(String),
+    /// This producer failed for good; whether the transaction committed is unknown.
+    Lost(String),
 }
+
+/// Messages whose transaction's outcome is unknown: `(id, position)`.
+type Unknown = Arc<std::sync::Mutex<HashSet<(String, Position)>>>;
 
 type Outcome = Shared<oneshot::Receiver<Ended>>;
 
@@ -76,6 +88,9 @@ pub(crate) struct Transactions {
     unresolved: Arc<AtomicUsize>,
     due: Arc<Notify>,
     settings: TransactionSettings,
+    /// Set once the producer failed for good (not fenced): the sink replaces it.
+    lost: Arc<AtomicBool>,
+    unknown: Unknown,
     _committer: AbortOnDropHandle<()>,
 }
 
@@ -85,6 +100,7 @@ pub(crate) struct Enlisted {
     unresolved: Arc<AtomicUsize>,
     due: Arc<Notify>,
     max_messages: usize,
+    unknown: Unknown,
 }
 
 impl Transactions {
@@ -92,12 +108,28 @@ impl Transactions {
         producer: FutureProducer<RelayContext>,
         settings: TransactionSettings,
     ) -> Self {
+        Self::with_unknown(producer, settings, Unknown::default())
+    }
+
+    /// A new producer's transactions in place of `self`'s lost one; the messages whose outcome
+    /// is unknown stay so.
+    pub(crate) fn renewed(&self, producer: FutureProducer<RelayContext>) -> Self {
+        Self::with_unknown(producer, self.settings, Arc::clone(&self.unknown))
+    }
+
+    fn with_unknown(
+        producer: FutureProducer<RelayContext>,
+        settings: TransactionSettings,
+        unknown: Unknown,
+    ) -> Self {
         let book = Arc::new(Mutex::new(Book { initialised: false, open: None, broken: None }));
         let due = Arc::new(Notify::new());
+        let lost = Arc::new(AtomicBool::new(false));
         let committer = tokio::spawn(commit_when_due(
             producer.clone(),
             Arc::clone(&book),
             Arc::clone(&due),
+            Arc::clone(&lost),
             settings,
         ));
         Self {
@@ -106,10 +138,24 @@ impl Transactions {
             unresolved: Arc::new(AtomicUsize::new(0)),
             due,
             settings,
+            lost,
+            unknown,
             _committer: AbortOnDropHandle::new(committer),
         }
     }
 
+    /// The producer failed for good (not fenced) and every confirm given out has resolved:
+    /// time to replace it.
+    pub(crate) fn needs_new_producer(&self) -> bool {
+        self.lost.load(Ordering::Acquire) && self.unresolved.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether the transaction that last held this message ended with an unknown outcome (and
+    /// forgets it: the caller looks it up once).
+    pub(crate) fn take_unknown(&self, id: &str, position: Position) -> bool {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        unknown.remove(&(id.to_owned(), position))
+    }
     /// A run starts: fences older producers of this `transactional.id` (first time only) and
     /// aborts a transaction an earlier run of this process left open, so the partitions' tails
     /// read next hold everything that will ever commit of it.
@@ -128,7 +174,7 @@ impl Transactions {
             let ended = end(&self.producer, self.settings.timeout, false).await;
             let _ = open.done.send(ended);
         }
-        if !matches!(book.broken, Some(Ended::Fatal(_))) {
+        if matches!(book.broken, Some(Ended::Aborted(_))) {
             book.broken = None;
         }
         Ok(())
@@ -144,7 +190,10 @@ impl Transactions {
                 .await
                 .map_err(|_| waiting(format!("a commit took over {:?}", self.settings.timeout)))?;
         match book.broken.clone() {
-            Some(Ended::Fatal(reason)) => return Err(KafkaSinkError::Fenced { reason }),
+            Some(Ended::Fenced(reason)) => return Err(KafkaSinkError::Fenced { reason }),
+            Some(Ended::Lost(reason)) => {
+                return Err(waiting(format!("the producer is being replaced: {reason}")));
+            }
             Some(Ended::Aborted(reason)) if self.unresolved.load(Ordering::Acquire) > 0 => {
                 return Err(waiting(format!("an earlier transaction failed: {reason}")));
             }
@@ -164,6 +213,7 @@ impl Transactions {
             unresolved: Arc::clone(&self.unresolved),
             due: Arc::clone(&self.due),
             max_messages: self.settings.max_messages,
+            unknown: Arc::clone(&self.unknown),
         })
     }
 }
@@ -171,7 +221,7 @@ impl Transactions {
 impl Enlisted {
     /// The message was handed to the producer: its confirm is `delivered` and then the commit of
     /// the transaction it is in.
-    pub(crate) fn confirm(mut self, id: String, delivered: Confirm) -> Confirm {
+    pub(crate) fn confirm(mut self, id: String, position: Position, delivered: Confirm) -> Confirm {
         let open = self.book.open.as_mut().expect("enlist opened a transaction");
         open.messages += 1;
         if open.messages >= self.max_messages {
@@ -180,19 +230,23 @@ impl Enlisted {
         let outcome = open.outcome.clone();
         self.unresolved.fetch_add(1, Ordering::AcqRel);
         let resolved = Resolved(Arc::clone(&self.unresolved));
+        let unknown = Arc::clone(&self.unknown);
         drop(self.book);
         Box::pin(async move {
             let _resolved = resolved;
-            delivered.await?;
-            match outcome.await {
-                Ok(Ended::Committed) => Ok(()),
-                Ok(Ended::Aborted(reason)) => Err(KafkaSinkError::Aborted { id, reason }.into()),
-                Ok(Ended::Fatal(reason)) => {
-                    Err(ConnectorError::from(KafkaSinkError::Fenced { reason }))
-                }
-                Err(_dropped) => {
-                    Err(KafkaSinkError::Aborted { id, reason: "the producer was closed".into() }
-                        .into())
+            let delivered = delivered.await;
+            let ended =
+                outcome.await.unwrap_or_else(|_| Ended::Aborted("the producer was closed".into()));
+            match ended {
+                Ended::Committed => delivered,
+                Ended::Aborted(reason) => Err(KafkaSinkError::Aborted { id, reason }.into()),
+                Ended::Fenced(reason) => Err(KafkaSinkError::Fenced { reason }.into()),
+                Ended::Lost(reason) => {
+                    unknown
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((id.clone(), position));
+                    Err(KafkaSinkError::OutcomeUnknown { id, reason }.into())
                 }
             }
         })
@@ -213,6 +267,7 @@ async fn commit_when_due(
     producer: FutureProducer<RelayContext>,
     book: Arc<Mutex<Book>>,
     due: Arc<Notify>,
+    lost: Arc<AtomicBool>,
     settings: TransactionSettings,
 ) {
     loop {
@@ -234,16 +289,22 @@ async fn commit_when_due(
             continue;
         }
         let open = guard.open.take().expect("checked");
-        let ended = end(&producer, settings.timeout, open.messages > 0).await;
+        // An empty transaction (a send that failed after it opened one) commits as a no-op.
+        let ended = end(&producer, settings.timeout, true).await;
         match &ended {
             Ended::Committed => {}
             Ended::Aborted(reason) => {
                 tracing::warn!(messages = open.messages, reason = %reason, "Kafka transaction aborted; its messages are sent again");
                 guard.broken = Some(ended.clone());
             }
-            Ended::Fatal(reason) => {
-                tracing::error!(reason = %reason, "Kafka producer fenced or failed for good");
+            Ended::Fenced(reason) => {
+                tracing::error!(reason = %reason, "Kafka producer fenced by a newer one of its transactional.id");
                 guard.broken = Some(ended.clone());
+            }
+            Ended::Lost(reason) => {
+                tracing::warn!(messages = open.messages, reason = %reason, "Kafka producer failed for good; the transaction's outcome is unknown, its messages are looked up and sent again if missing");
+                guard.broken = Some(ended.clone());
+                lost.store(true, Ordering::Release);
             }
         }
         let _ = open.done.send(ended);
@@ -261,12 +322,13 @@ async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration, commit:
             let p = producer.clone();
             match blocking(move || p.commit_transaction(timeout)).await {
                 Ok(()) => return Ended::Committed,
-                Err(error) if fatal(&error) => return Ended::Fatal(error.to_string()),
+                Err(error) if fatal(&error) => return for_good(&error),
                 Err(error) if retriable(&error) => {
                     tracing::warn!(error = %error, "Kafka transaction commit did not finish; trying again");
                     tokio::time::sleep(END_RETRY_PAUSE).await;
                 }
                 Err(error) => {
+                    tracing::warn!(error = %error, "Kafka transaction commit failed; aborting it");
                     reason = Some(error.to_string());
                     break;
                 }
@@ -279,12 +341,23 @@ async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration, commit:
             Ok(()) => {
                 return Ended::Aborted(reason.unwrap_or_else(|| "abandoned by this run".into()))
             }
-            Err(error) if fatal(&error) => return Ended::Fatal(error.to_string()),
+            Err(error) if fatal(&error) => return for_good(&error),
             Err(error) => {
                 tracing::warn!(error = %error, "Kafka transaction abort did not finish; trying again");
                 tokio::time::sleep(END_RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// A fatal error: fenced by a newer producer, or lost with an unknown outcome.
+fn for_good(error: &KafkaError) -> Ended {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::ProducerFenced | C::InvalidProducerEpoch | C::TransactionalIdAuthorizationFailed,
+        ) => Ended::Fenced(error.to_string()),
+        _ => Ended::Lost(error.to_string()),
     }
 }
 
