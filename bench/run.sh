@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark (not a test: nothing here asserts a speed). Reports:
 #   1. drain: a backlog of $ROWS outbox rows (~200-byte JSON payloads, $KEYS keys) published by a
-#      release build of the relay, polling and WAL tailing, to Apache Kafka and to RabbitMQ;
+#      release build of the relay, polling and WAL tailing, to Apache Kafka (idempotent and
+#      transactional delivery) and to RabbitMQ;
 #      rows/s until the outbox is empty, i.e. every row confirmed by the broker and deleted;
 #   2. confirm latency p50/p99 from the relay's own histogram;
 #   3. what the relay's triggers cost the application: INSERT rate into the outbox (seq + NOTIFY
@@ -43,15 +44,15 @@ quantile() { # q metrics-text -> seconds, from the histogram's cumulative bucket
     END { for (i = 1; i <= k; i++) if (n[i] >= q * total) { print b[i]; exit } }' <<<"$2"
 }
 
-drain() { # sink mode config-file
-  local sink=$1 mode=$2 config=$3
+drain() { # sink mode config-file [label]
+  local sink=$1 mode=$2 config=$3 label=${4:-$1}
   psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
   fresh_db
   OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" migrate >/dev/null
   fill "$ROWS"
   local start end metrics
   start=$(date +%s.%N)
-  OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" run >".services/bench-$sink-$mode.log" 2>&1 &
+  OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" run >".services/bench-$label-$mode.log" 2>&1 &
   local pid=$!
   until [[ $(psql_q -c "select count(*) = 0 from outbox") == t ]]; do sleep 0.05; done
   end=$(date +%s.%N)
@@ -60,8 +61,8 @@ drain() { # sink mode config-file
   local secs rate
   secs=$(echo "$end - $start" | bc -l)
   rate=$(echo "$ROWS / $secs" | bc -l)
-  printf '%-9s %-5s %8d rows in %6.2f s = %8.0f rows/s   confirm latency p50 <= %ss, p99 <= %ss\n' \
-    "$sink" "$mode" "$ROWS" "$secs" "$rate" "$(quantile 0.5 "$metrics")" "$(quantile 0.99 "$metrics")"
+  printf '%-19s %-5s %8d rows in %6.2f s = %8.0f rows/s   confirm latency p50 <= %ss, p99 <= %ss\n' \
+    "$label" "$mode" "$ROWS" "$secs" "$rate" "$(quantile 0.5 "$metrics")" "$(quantile 0.99 "$metrics")"
 }
 
 common="
@@ -81,6 +82,8 @@ $common
 kind = "kafka"
 brokers = "$OUTBOX_RELAY_TEST_KAFKA"
 TOML
+sed 's/^kind = "kafka"$/kind = "kafka"\ndelivery = "transactional"/' .services/bench-kafka.toml \
+  >.services/bench-kafka-tx.toml
 cat >.services/bench-rabbitmq.toml <<TOML
 $common
 [sink]
@@ -107,6 +110,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; Kafka: $
 scripts/services.sh topic bench.bench 12
 for mode in poll wal; do
   drain kafka "$mode" .services/bench-kafka.toml
+  drain kafka "$mode" .services/bench-kafka-tx.toml kafka-transactional
 done
 for mode in poll wal; do
   for q in bench.1 bench.2; do rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true; done

@@ -156,6 +156,7 @@ impl Transactions {
         let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
         unknown.remove(&(id.to_owned(), position))
     }
+
     /// A run starts: fences older producers of this `transactional.id` (first time only) and
     /// aborts a transaction an earlier run of this process left open, so the partitions' tails
     /// read next hold everything that will ever commit of it.
