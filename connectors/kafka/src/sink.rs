@@ -231,10 +231,10 @@ impl KafkaSink {
         let renewed = transactions.renewed(producer.clone());
         self.producer = producer;
         self.transactions = Some(renewed);
-        self.transactions.as_ref().expect("just set").begin_run().await?;
         // The lost transaction's records, if it committed, are the last of each partition.
         self.tails.forget_and_widen(self.options.transactions.max_messages.saturating_add(16));
-        Ok(())
+        // If this fails, the next enlist initialises the new producer again.
+        self.transactions.as_ref().expect("just set").begin_run().await
     }
 }
 

@@ -162,15 +162,7 @@ impl Transactions {
     /// read next hold everything that will ever commit of it.
     pub(crate) async fn begin_run(&self) -> Result<(), KafkaSinkError> {
         let mut book = self.book.lock().await;
-        if !book.initialised {
-            let producer = self.producer.clone();
-            let timeout = self.settings.timeout;
-            blocking(move || producer.init_transactions(timeout))
-                .await
-                .map_err(|source| KafkaSinkError::Transaction { what: "initialise", source })?;
-            book.initialised = true;
-            tracing::info!("Kafka transactions initialised; older producers of this transactional.id are fenced");
-        }
+        self.initialise(&mut book).await?;
         if let Some(open) = book.open.take() {
             let ended = end(&self.producer, self.settings.timeout, false).await;
             let _ = open.done.send(ended);
@@ -178,6 +170,23 @@ impl Transactions {
         if matches!(book.broken, Some(Ended::Aborted(_))) {
             book.broken = None;
         }
+        Ok(())
+    }
+
+    /// `init_transactions`, once per producer (again after a failed attempt).
+    async fn initialise(&self, book: &mut Book) -> Result<(), KafkaSinkError> {
+        if book.initialised {
+            return Ok(());
+        }
+        let producer = self.producer.clone();
+        let timeout = self.settings.timeout;
+        blocking(move || producer.init_transactions(timeout))
+            .await
+            .map_err(|source| KafkaSinkError::Transaction { what: "initialise", source })?;
+        book.initialised = true;
+        tracing::info!(
+            "Kafka transactions initialised; older producers of this transactional.id are fenced"
+        );
         Ok(())
     }
 
@@ -201,6 +210,7 @@ impl Transactions {
             _ => book.broken = None,
         }
         if book.open.is_none() {
+            self.initialise(&mut book).await?;
             self.producer
                 .begin_transaction()
                 .map_err(|source| KafkaSinkError::Transaction { what: "begin", source })?;
