@@ -333,7 +333,7 @@ async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration, commit:
             let p = producer.clone();
             match blocking(move || p.commit_transaction(timeout)).await {
                 Ok(()) => return Ended::Committed,
-                Err(error) if fatal(&error) => return for_good(&error),
+                Err(error) if fatal(&error) => return for_good(producer, &error),
                 Err(error) if retriable(&error) => {
                     tracing::warn!(error = %error, "Kafka transaction commit did not finish; trying again");
                     tokio::time::sleep(END_RETRY_PAUSE).await;
@@ -352,7 +352,7 @@ async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration, commit:
             Ok(()) => {
                 return Ended::Aborted(reason.unwrap_or_else(|| "abandoned by this run".into()))
             }
-            Err(error) if fatal(&error) => return for_good(&error),
+            Err(error) if fatal(&error) => return for_good(producer, &error),
             Err(error) => {
                 tracing::warn!(error = %error, "Kafka transaction abort did not finish; trying again");
                 tokio::time::sleep(END_RETRY_PAUSE).await;
@@ -362,14 +362,26 @@ async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration, commit:
 }
 
 /// A fatal error: fenced by a newer producer, or lost with an unknown outcome.
-fn for_good(error: &KafkaError) -> Ended {
-    use RDKafkaErrorCode as C;
-    match error.rdkafka_error_code() {
-        Some(
-            C::ProducerFenced | C::InvalidProducerEpoch | C::TransactionalIdAuthorizationFailed,
-        ) => Ended::Fenced(error.to_string()),
-        _ => Ended::Lost(error.to_string()),
+fn for_good(producer: &FutureProducer<RelayContext>, error: &KafkaError) -> Ended {
+    let producer_fenced = producer.client().fatal_error().is_some_and(|(code, _)| fenced(code));
+    if producer_fenced || error.rdkafka_error_code().is_some_and(fenced) {
+        Ended::Fenced(error.to_string())
+    } else {
+        Ended::Lost(error.to_string())
     }
+}
+
+/// Codes by which the cluster says a newer producer of this `transactional.id` exists:
+/// librdkafka's own `_FENCED` and the broker's. Such a producer never comes back.
+pub(crate) fn fenced(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::Fenced
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::TransactionalIdAuthorizationFailed
+    )
 }
 
 fn fatal(error: &KafkaError) -> bool {
