@@ -23,7 +23,8 @@ pub(crate) enum Command {
     /// Relay outbox entries to the broker until SIGTERM/SIGINT (then drain and exit 0).
     ///
     /// Exits non-zero when it halts: on a poison message (named, with its reason; nothing from
-    /// it on is acknowledged) or on an error no retry can fix (missing table, bad credentials).
+    /// it on is acknowledged) or on an error no retry can fix (missing table, bad credentials,
+    /// a Kafka producer fenced by a newer one with the same transactional.id).
     Run,
     /// Apply the relay's SQL migrations and install or upgrade the outbox table from the config.
     Migrate,
