@@ -11,7 +11,7 @@ use crate::config::RouteConfig;
 use crate::error::RelayError;
 
 use outbox_relay_core::headers::{
-    ID as ID_HEADER, PIPELINE as PIPELINE_HEADER, POSITION as POSITION_HEADER,
+    self, ID as ID_HEADER, PIPELINE as PIPELINE_HEADER, POSITION as POSITION_HEADER,
 };
 
 /// An entry that cannot become a message, handed back with the reason (to halt on, or to set
@@ -114,11 +114,14 @@ impl Router {
         };
         let mut headers = Vec::with_capacity(config.headers.len());
         for (name, template) in &config.headers {
-            if [ID_HEADER, POSITION_HEADER, PIPELINE_HEADER].contains(&name.as_str()) {
+            if headers::is_reserved(name) {
                 return Err(RelayError::Template {
                     key: "route.headers",
                     template: name.clone(),
-                    reason: format!("header {name:?} is set by the relay itself"),
+                    reason: format!(
+                        "header {name:?} is reserved: `id` and `outbox-*` are set by the relay \
+                         itself; rename it"
+                    ),
                 });
             }
             headers.push((Arc::from(name.as_str()), Template::parse("route.headers", template)?));
@@ -169,6 +172,13 @@ impl Router {
         }
         if entry.id.is_empty() {
             return Err("the id column is NULL or empty".into());
+        }
+        if let Some(forged) = entry.headers.iter().find(|h| headers::is_reserved(&h.name)) {
+            return Err(format!(
+                "the entry carries header {:?}, which is reserved (`id` and `outbox-*` are set \
+                 by the relay): a consumer would dedup or order on the forged value",
+                forged.name
+            ));
         }
         let destination = self.topic.render(entry).map_err(|r| format!("route.topic: {r}"))?;
         if destination.is_empty() {
@@ -276,6 +286,20 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_header_with_a_reserved_name_is_poison() {
+        let router = Router::new(&RouteConfig::default(), "p1").unwrap();
+        for forged in ["id", "outbox-position", "OUTBOX-PIPELINE", "outbox-redelivered"] {
+            let mut e = entry(Some("42"));
+            e.headers.push(Header { name: Arc::from(forged), value: "x".into() });
+            let err = router.route(e).unwrap_err().error.to_string();
+            assert!(err.contains("reserved") && err.contains(forged), "{err}");
+        }
+        let mut e = entry(Some("42"));
+        e.headers.push(Header { name: Arc::from("tenant"), value: "acme".into() });
+        assert!(router.route(e).is_ok());
+    }
+
+    #[test]
     fn templates_mix_literals_and_columns_and_reject_bad_syntax() {
         let config = RouteConfig {
             topic: "${aggregatetype}-events.${type}".into(),
@@ -288,6 +312,15 @@ mod tests {
         assert_eq!(message.key, None);
         let columns: Vec<_> = router.columns().map(|(_, c)| c).collect();
         assert_eq!(columns, vec!["aggregatetype", "type"]);
+
+        for reserved in ["id", "outbox-redelivered", "Outbox-Position"] {
+            let config = RouteConfig {
+                headers: [(reserved.to_string(), "${type}".to_string())].into(),
+                ..RouteConfig::default()
+            };
+            let err = Router::new(&config, "p1").unwrap_err().to_string();
+            assert!(err.contains("reserved"), "{err}");
+        }
 
         for bad in ["x.${", "x.${}", "x.${a b}"] {
             let config = RouteConfig { topic: bad.into(), ..RouteConfig::default() };
