@@ -122,17 +122,21 @@ impl Message {
 }
 
 impl Message {
-    /// Bytes this message holds (payload, key, headers, kept columns), for bounding what is in
-    /// flight.
-    pub fn size(&self) -> usize {
+    /// Bytes of what a broker receives (destination, key, headers, payload): what size limits
+    /// are checked against.
+    pub fn wire_size(&self) -> usize {
         let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-        let fields: usize = self.fields.values().iter().flatten().map(String::len).sum();
-        fields
-            + self.id.len()
-            + self.destination.len()
+        self.destination.len()
             + self.key.as_ref().map_or(0, String::len)
             + self.payload.as_ref().map_or(0, Bytes::len)
             + headers
+    }
+
+    /// Bytes this message holds (what is sent, plus the kept columns and the id), for bounding
+    /// what is in flight.
+    pub fn size(&self) -> usize {
+        let fields: usize = self.fields.values().iter().flatten().map(String::len).sum();
+        self.wire_size() + fields + self.id.len()
     }
 }
 

@@ -240,7 +240,7 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     async fn send(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
-        let size = message.size();
+        let size = message.wire_size();
         if size > self.options.max_message_bytes {
             return Err(KafkaSinkError::TooLarge {
                 id: message.id.clone(),

@@ -31,6 +31,12 @@ pub enum RabbitSinkError {
          keep it at or below the broker's max_message_size)"
     )]
     TooLarge { id: String, size: usize, limit: usize },
+    #[error(
+        "message {id}: its headers and properties take {size} bytes, over the connection's \
+         frame_max of {frame_max} (AMQP sends them in one frame): send fewer or smaller headers, \
+         or raise frame_max on the broker"
+    )]
+    HeadersTooLarge { id: String, size: usize, frame_max: usize },
     #[error("message {id}: {what} is {len} bytes, AMQP allows at most 255")]
     NameTooLong { id: String, what: &'static str, len: usize },
     #[error(
@@ -80,8 +86,10 @@ pub enum RabbitSinkError {
 impl RabbitSinkError {
     pub fn retry(&self) -> Retry {
         match self {
-            RabbitSinkError::Url { .. } | RabbitSinkError::Topology { .. } => Retry::Fatal,
+            RabbitSinkError::Url { .. } => Retry::Fatal,
+            RabbitSinkError::Topology { source, .. } => classify_topology(source),
             RabbitSinkError::TooLarge { .. }
+            | RabbitSinkError::HeadersTooLarge { .. }
             | RabbitSinkError::NameTooLong { .. }
             | RabbitSinkError::MissingExchange { .. }
             | RabbitSinkError::Unroutable { .. } => Retry::Permanent,
@@ -115,6 +123,21 @@ pub(crate) fn classify(error: &lapin::Error) -> Retry {
                 Retry::Permanent
             }
             _ => Retry::Transient,
+        },
+        ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_) => Retry::Fatal,
+        _ => Retry::Transient,
+    }
+}
+
+/// A declaration the broker refused (an exchange or queue that exists with other arguments,
+/// access refused) needs a human; the connection dropping under it (I/O, a forced close or a
+/// locked resource during a rolling restart) is waited out.
+fn classify_topology(error: &lapin::Error) -> Retry {
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)
+            | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => Retry::Transient,
+            _ => Retry::Fatal,
         },
         ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_) => Retry::Fatal,
         _ => Retry::Transient,

@@ -224,6 +224,17 @@ impl Sink for RabbitSink {
         validate(message, self.options.max_message_bytes)?;
         let timeout = self.options.connect_timeout;
         let connected = self.connection().await?;
+        let frame_max = connected.connection.configuration().frame_max() as usize;
+        let header_frame = header_frame_size(message);
+        if header_frame > frame_max {
+            // The broker would close the connection on every attempt: poison, not an outage.
+            return Err(RabbitSinkError::HeadersTooLarge {
+                id: message.id.clone(),
+                size: header_frame,
+                frame_max,
+            }
+            .into());
+        }
         connected.ensure_exchange(&message.destination, timeout).await?;
 
         let lane = lane_of(message.key.as_deref(), connected.lanes.len());
@@ -299,7 +310,7 @@ async fn open_channel(
 }
 
 fn validate(message: &Message, limit: usize) -> Result<(), RabbitSinkError> {
-    let size = message.size();
+    let size = message.wire_size();
     if size > limit {
         return Err(RabbitSinkError::TooLarge { id: message.id.clone(), size, limit });
     }
@@ -313,7 +324,37 @@ fn validate(message: &Message, limit: usize) -> Result<(), RabbitSinkError> {
             return Err(RabbitSinkError::NameTooLong { id: message.id.clone(), what, len });
         }
     }
+    // Header table keys are AMQP short strings too.
+    if let Some(header) = message.headers.iter().find(|h| h.name.len() > SHORT_STRING_MAX) {
+        return Err(RabbitSinkError::NameTooLong {
+            id: message.id.clone(),
+            what: "a header name",
+            len: header.name.len(),
+        });
+    }
     Ok(())
+}
+
+/// An upper bound of the content header frame `properties(message)` becomes (all properties
+/// and the header table travel in that one frame, which must fit in the negotiated frame_max):
+/// frame envelope 8, class/weight/body size 12, property flags 2, then each property.
+fn header_frame_size(message: &Message) -> usize {
+    let short = |len: usize| 1 + len;
+    let table: usize =
+        message.headers.iter().map(|h| short(h.name.len()) + 1 + 4 + h.value.len()).sum::<usize>()
+            + short(outbox_relay_core::headers::REDELIVERED.len())
+            + 2;
+    let kind = message.headers.iter().find(|h| &*h.name == "type").map_or(0, |h| h.value.len());
+    8 + 12
+        + 2
+        + short(message.id.len())
+        + short(message.payload_kind.content_type().len())
+        + 1
+        + short("outbox-relay".len())
+        + 8
+        + short(kind)
+        + 4
+        + table
 }
 
 fn properties(message: &Message) -> BasicProperties {
@@ -358,7 +399,84 @@ fn lane_of(key: Option<&str>, lanes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use outbox_relay_core::{Fields, Header, PayloadKind, Position};
+
     use super::*;
+
+    fn message(headers: Vec<Header>) -> Message {
+        Message {
+            id: "e-1".into(),
+            position: Position::Poll { seq: 1 },
+            destination: "orders".into(),
+            key: Some("k".into()),
+            headers,
+            payload: Some(bytes::Bytes::from_static(b"{}")),
+            payload_kind: PayloadKind::Json,
+            fields: Fields::default(),
+            own_headers: 0,
+            possible_replay: true,
+            redrive: false,
+        }
+    }
+
+    #[test]
+    fn a_raw_at_in_the_password_stays_out_of_the_target() {
+        let options = |url: &str| RabbitOptions {
+            url: url.into(),
+            lanes: 1,
+            max_message_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(1),
+            topology: Topology::default(),
+        };
+        for url in [
+            "amqp://app:s3cr@t-tail@localhost:5672/%2f",
+            "amqp://app:s3cr%40t-tail@localhost:5672/%2f",
+        ] {
+            let sink = RabbitSink::new(options(url)).unwrap();
+            assert_eq!(sink.target(), "localhost:5672 (vhost \"/\")");
+        }
+    }
+
+    #[test]
+    fn a_header_name_over_255_bytes_is_refused_not_a_panic() {
+        let long = Header { name: Arc::from("h".repeat(256).as_str()), value: "v".into() };
+        let err = validate(&message(vec![long]), 1 << 20).unwrap_err();
+        assert!(matches!(
+            err,
+            RabbitSinkError::NameTooLong { what: "a header name", len: 256, .. }
+        ));
+        assert_eq!(err.retry(), outbox_relay_core::Retry::Permanent);
+        let fits = Header { name: Arc::from("h".repeat(255).as_str()), value: "v".into() };
+        assert!(validate(&message(vec![fits]), 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn the_header_frame_bound_is_never_below_what_lapin_writes() {
+        use lapin::protocol::basic::gen_properties;
+        for headers in [
+            vec![],
+            vec![Header { name: Arc::from("type"), value: "OrderCreated".into() }],
+            (0..50)
+                .map(|i| Header {
+                    name: Arc::from(format!("h{i}").as_str()),
+                    value: "x".repeat(i * 7),
+                })
+                .collect(),
+        ] {
+            let message = message(headers);
+            let mut buffer = vec![0u8; 1 << 16];
+            let cursor = std::io::Cursor::new(&mut buffer[..]);
+            let written = cookie_factory::gen_simple(gen_properties(&properties(&message)), cursor)
+                .unwrap()
+                .position() as usize;
+            // Properties plus the fixed part of a content header frame: 8 + 12.
+            let actual = written + 8 + 12;
+            let bound = header_frame_size(&message);
+            assert!(bound >= actual && bound <= actual + 64, "bound {bound}, actual {actual}");
+        }
+    }
 
     #[test]
     fn a_key_always_maps_to_the_same_lane() {
