@@ -180,13 +180,32 @@ impl Telemetry {
 
 /// Installs the global tracing subscriber (stderr). `RUST_LOG` wins over the configured level.
 pub(crate) fn init_logging(config: &TelemetryConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
+    let filter = EnvFilter::try_new(log_filter(&spec))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter(&config.log_level)));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// `spec` plus directives that keep data out of the log at debug level: tokio-postgres logs
+/// every statement's parameters (payloads, ids) at debug, lapin every frame at trace. Naming either crate in
+/// `spec` keeps what it says.
+fn log_filter(spec: &str) -> String {
+    let mut filter = spec.to_owned();
+    for (krate, directive) in
+        [("tokio_postgres", "tokio_postgres::query=info"), ("lapin", "lapin=debug")]
+    {
+        if !spec.contains(krate) {
+            if !filter.is_empty() {
+                filter.push(',');
+            }
+            filter.push_str(directive);
+        }
+    }
+    filter
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`; `None` when disabled.
@@ -233,4 +252,19 @@ async fn ready(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
     let code =
         if state == Activity::Running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, format!("{}\n", state.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_parameters_stay_out_of_a_debug_log() {
+        assert_eq!(log_filter("debug"), "debug,tokio_postgres::query=info,lapin=debug");
+        assert_eq!(log_filter(""), "tokio_postgres::query=info,lapin=debug");
+        assert_eq!(
+            log_filter("info,tokio_postgres=trace"),
+            "info,tokio_postgres=trace,lapin=debug"
+        );
+    }
 }

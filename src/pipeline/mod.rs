@@ -195,9 +195,14 @@ where
     K: Sink,
 {
     let metrics = &telemetry.metrics;
-    let held = Held::load(state)
-        .await
-        .map_err(|source| RelayError::Fatal { what: "reading dead letters failed", source })?;
+    let held = match Held::load(state).await {
+        Ok(held) => held,
+        // Postgres restarting or failing over: the caller waits and starts again.
+        Err(error) if error.retry() == Retry::Transient => return Ok(Exit::SourceFailed(error)),
+        Err(source) => {
+            return Err(RelayError::Fatal { what: "reading dead letters failed", source })
+        }
+    };
     let horizon = state.replay_horizon();
     let mut records = Records {
         state,

@@ -88,6 +88,27 @@ pub enum PostgresError {
          then restart"
     )]
     OutboxChanged { table: String, column: String, setting: &'static str },
+    #[error(
+        "the transaction committed at {commit_lsn} has more than 2^32 outbox entries, more than \
+         a position can number; nothing of it was acknowledged. Split such writes into several \
+         transactions"
+    )]
+    TransactionTooLarge { commit_lsn: String },
+    #[error(
+        "polling {table} cannot prove it skips nothing: {problem}. Run `outbox-relay migrate` \
+         (it installs the stamp trigger and a CACHE 1 sequence), or use source.mode = \"wal\""
+    )]
+    SeqStamping { table: String, problem: String },
+    #[error(
+        "publication {publication:?} {problem} for {table}, so some outbox rows would never reach \
+         the relay: `alter publication {publication} set table {table}` (no WHERE, all columns)"
+    )]
+    PublicationFilters { publication: String, table: String, problem: String },
+    #[error(
+        "the PostgreSQL URL has a raw `@` in its user or password: percent-encode it as %40 \
+         (postgres://user:p%40ss@host/db)"
+    )]
+    UrlAt,
     #[error("undecodable replication data")]
     Decode {
         #[source]
@@ -120,6 +141,10 @@ impl PostgresError {
             | PostgresError::WrongSlot { .. }
             | PostgresError::SlotInvalidated { .. }
             | PostgresError::Decode { .. }
+            | PostgresError::TransactionTooLarge { .. }
+            | PostgresError::SeqStamping { .. }
+            | PostgresError::PublicationFilters { .. }
+            | PostgresError::UrlAt
             | PostgresError::OutboxChanged { .. }
             | PostgresError::UnknownPosition { .. } => Retry::Fatal,
         }
@@ -128,16 +153,25 @@ impl PostgresError {
 
 /// SQLSTATE classes that a later attempt can get past: 08 connection exception, 40 transaction
 /// rollback (serialization, deadlock), 53 insufficient resources, 55 object not in prerequisite
-/// state (lock not available), 57 operator intervention (shutdown, cancel), 58 system error.
+/// state (lock not available), 57 operator intervention (shutdown, cancel), 58 system error —
+/// and 25006 read-only transaction: a server that became a standby in a failover, which the
+/// next connection (`target_session_attrs=read-write`) gets past.
 fn classify(error: &tokio_postgres::Error) -> Retry {
     match error.code() {
         None => Retry::Transient,
-        Some(code) => match &code.code()[..2] {
-            "08" | "40" | "53" | "55" | "57" | "58" => Retry::Transient,
-            _ => Retry::Fatal,
-        },
+        Some(code) => classify_sqlstate(code.code()),
     }
 }
+
+fn classify_sqlstate(code: &str) -> Retry {
+    match code.get(..2).unwrap_or_default() {
+        "08" | "40" | "53" | "55" | "57" | "58" => Retry::Transient,
+        _ if code == READ_ONLY_TRANSACTION => Retry::Transient,
+        _ => Retry::Fatal,
+    }
+}
+
+const READ_ONLY_TRANSACTION: &str = "25006";
 
 /// I/O trouble and a busy slot are transient; a refused login, TLS or protocol failure, and
 /// server errors outside the transient SQLSTATE classes are fatal.
@@ -146,12 +180,15 @@ fn classify_replication(error: &pgwire_replication::PgWireError) -> Retry {
     match error {
         E::Io(_) | E::Task(_) => Retry::Transient,
         E::Server(text) => {
-            let class = text
-                .rsplit_once("(SQLSTATE ")
-                .map(|(_, code)| code.trim_end_matches(')').get(..2).unwrap_or_default());
-            match class {
-                Some("08" | "40" | "53" | "55" | "57" | "58") => Retry::Transient,
-                _ => Retry::Fatal,
+            // A standby refuses what needs an xid; the replication protocol gives the text only.
+            if text.contains("cannot assign TransactionIds during recovery")
+                || text.contains("recovery is in progress")
+            {
+                return Retry::Transient;
+            }
+            match text.rsplit_once("(SQLSTATE ") {
+                Some((_, code)) => classify_sqlstate(code.trim_end_matches(')')),
+                None => Retry::Fatal,
             }
         }
         _ => Retry::Fatal,
@@ -161,5 +198,26 @@ fn classify_replication(error: &pgwire_replication::PgWireError) -> Retry {
 impl From<PostgresError> for ConnectorError {
     fn from(error: PostgresError) -> Self {
         ConnectorError::new(error.retry(), error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_turned_standby_is_waited_for() {
+        assert_eq!(classify_sqlstate("25006"), Retry::Transient, "read-only transaction");
+        assert_eq!(classify_sqlstate("57P01"), Retry::Transient);
+        assert_eq!(classify_sqlstate("25001"), Retry::Fatal);
+        assert_eq!(classify_sqlstate("42P01"), Retry::Fatal);
+        let standby = pgwire_replication::PgWireError::Server(
+            "ERROR: cannot assign TransactionIds during recovery".into(),
+        );
+        assert_eq!(classify_replication(&standby), Retry::Transient);
+        let gone = pgwire_replication::PgWireError::Server(
+            "ERROR: replication slot \"s\" does not exist (SQLSTATE 42704)".into(),
+        );
+        assert_eq!(classify_replication(&gone), Retry::Fatal);
     }
 }

@@ -10,6 +10,7 @@ mod holes;
 mod poll;
 mod session;
 mod table;
+mod text;
 pub mod wal;
 
 pub use error::PostgresError;

@@ -24,6 +24,7 @@ use tokio_postgres::{Row, Statement};
 
 use crate::holes::Holes;
 use crate::table::{PUBLISHED_AT_COLUMN, SEQ_COLUMN};
+use crate::text::{check_text_payload, text_or_hex, RawText};
 use crate::{quote_ident, OutboxTable, PostgresError, Session};
 
 /// Rows per DELETE/UPDATE statement when acknowledging.
@@ -272,15 +273,28 @@ impl PollSource {
         Ok(entries)
     }
 
+    /// Text is read as the server's bytes: in a database whose encoding is not UTF-8 (say
+    /// `SQL_ASCII`) a value may not be UTF-8, and that makes the entry poison, kept whole (see
+    /// [`crate::text`]), never a crash.
     fn entry(&self, row: &Row) -> Entry {
         let seq: i64 = row.get(0);
+        let mut defect = None;
         let payload = match self.table.payload_kind {
             PayloadKind::Binary => row.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
-            PayloadKind::Json | PayloadKind::Text => {
-                row.get::<_, Option<String>>(1).map(Bytes::from)
-            }
+            PayloadKind::Json | PayloadKind::Text => row.get::<_, Option<RawText>>(1).map(|raw| {
+                check_text_payload(&raw.0, &mut defect);
+                Bytes::from(raw.0)
+            }),
         };
-        let values: Vec<Option<String>> = (0..self.names.len()).map(|i| row.get(i + 2)).collect();
+        let values: Vec<Option<String>> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let raw = row.get::<_, Option<RawText>>(i + 2)?;
+                Some(text_or_hex(&raw.0, &format!("column {name:?}"), &mut defect))
+            })
+            .collect();
         let id = values[self.id_index].clone().unwrap_or_default();
         Entry {
             position: Position::Poll { seq },
@@ -289,7 +303,7 @@ impl PollSource {
             payload,
             payload_kind: self.table.payload_kind,
             headers: Vec::new(),
-            defect: None,
+            defect,
         }
     }
 

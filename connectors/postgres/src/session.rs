@@ -47,11 +47,14 @@ pub struct Session {
 impl Session {
     /// Connects to `url` (a libpq-style URL or key=value string).
     pub async fn connect(url: &str, options: &SessionOptions) -> Result<Self, PostgresError> {
-        let mut config = Config::from_str(url).map_err(|source| PostgresError::Url { source })?;
+        let mut config = parse_url(url)?;
         if config.get_application_name().is_none() {
             config.application_name(&options.application_name);
         }
         config.connect_timeout(options.connect_timeout);
+        // The relay writes (its state, deletes, marks): after a failover it must find the new
+        // primary among the hosts listed, never settle on a standby.
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         config.tcp_user_timeout(options.query_timeout);
         let target = describe(&config);
@@ -136,6 +139,22 @@ impl Session {
     }
 }
 
+/// Parses a libpq-style URL or key=value string. A raw `@` in the password splits the URL at
+/// that `@`: the password's tail would become the host, and show in every connection error.
+pub(crate) fn parse_url(url: &str) -> Result<Config, PostgresError> {
+    use tokio_postgres::config::Host;
+    let config = Config::from_str(url).map_err(|source| PostgresError::Url { source })?;
+    let split = config.get_hosts().iter().any(|host| match host {
+        Host::Tcp(name) => name.contains('@'),
+        #[cfg(unix)]
+        Host::Unix(_) => false,
+    });
+    if split {
+        return Err(PostgresError::UrlAt);
+    }
+    Ok(config)
+}
+
 /// `host:port/database` of a config, never its password.
 fn describe(config: &Config) -> String {
     use tokio_postgres::config::Host;
@@ -163,6 +182,14 @@ mod tests {
     fn describe_hides_credentials() {
         let config = Config::from_str("postgres://app:s3cret@db.internal:6543/orders").unwrap();
         assert_eq!(describe(&config), "db.internal:6543/orders");
+    }
+
+    #[test]
+    fn a_raw_at_in_the_password_is_refused_without_echoing_it() {
+        let err = parse_url("postgres://app:s3cr@t-tail@db.internal/orders").unwrap_err();
+        assert!(matches!(err, PostgresError::UrlAt), "{err}");
+        assert!(!err.to_string().contains("t-tail"), "{err}");
+        assert!(parse_url("postgres://app:s3cr%40t@db.internal/orders").is_ok());
     }
 
     #[test]

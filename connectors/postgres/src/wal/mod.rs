@@ -40,6 +40,7 @@ pub use slot::{
     ensure_slot, status_interval, SlotState,
 };
 
+use crate::text::{bytea_from_text, check_text_payload, text_or_hex};
 use crate::wal::pgoutput::{Change, Relation, Value};
 use crate::wal::progress::Progress;
 use crate::wal::stream::{Event, ReplicationStream, StreamOptions};
@@ -189,7 +190,7 @@ impl WalSource {
                             })?;
                         if let Some(shape) = shape {
                             let entry = row_entry(shape, values);
-                            self.emit(entry, true, out);
+                            self.emit(entry, true, out)?;
                         }
                     }
                     Change::Other(_) => {}
@@ -202,12 +203,15 @@ impl WalSource {
                         self.report(reached);
                     }
                 } else if self.options.message_prefix.as_deref() == Some(prefix.as_str()) {
+                    let mut entry =
+                        message_entry(self.options.message_format, lsn, &prefix, content);
                     if transactional && self.progress.in_transaction() {
-                        let entry =
-                            message_entry(self.options.message_format, lsn, &prefix, content);
-                        self.emit(entry, false, out);
+                        self.emit(entry, false, out)?;
                     } else {
-                        tracing::warn!(%lsn, prefix = %prefix, "ignoring a non-transactional outbox message: use pg_logical_emit_message(true, ...)");
+                        // Not part of the transaction that wrote the business rows: it may
+                        // describe something that was rolled back. Poison, never skipped.
+                        entry.defect = Some(NON_TRANSACTIONAL.into());
+                        self.emit_alone(entry, lsn, out)?;
                     }
                 }
             }
@@ -225,22 +229,67 @@ impl WalSource {
 
     /// Gives `entry` its position in the open transaction; `row` if it is an outbox row (which
     /// `after_publish = delete` deletes once acknowledged).
-    fn emit(&mut self, mut entry: Entry, row: bool, out: &mut Vec<Entry>) {
-        let Some((commit_lsn, index)) = self.progress.next_entry() else { return };
+    fn emit(
+        &mut self,
+        mut entry: Entry,
+        row: bool,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), PostgresError> {
+        let (commit_lsn, index) = match self.progress.next_entry() {
+            Some(Ok(position)) => position,
+            Some(Err(commit_lsn)) => {
+                return Err(PostgresError::TransactionTooLarge {
+                    commit_lsn: commit_lsn.to_string(),
+                })
+            }
+            // pgoutput sends changes only between Begin and Commit.
+            None => {
+                return Err(PostgresError::Decode { source: DecodeError::outside_transaction() })
+            }
+        };
         entry.position = Position::Wal { commit_lsn, index };
         if row && self.delete.is_some() && !entry.id.is_empty() {
             self.to_delete.push_back((entry.position, entry.id.clone()));
         }
         out.push(entry);
+        Ok(())
     }
 
-    /// The shape of inserts into `relation` if it is the outbox table (recognised by OID, so a
-    /// rename changes nothing). An outbox that lost its id or payload column is an error: its
-    /// inserts must not be taken for another table's and skipped.
-    fn shape_of(&self, relation: &Relation) -> Result<Option<Shape>, PostgresError> {
-        let Some(table) = self.table.as_ref().filter(|t| t.oid == relation.oid) else {
-            return Ok(None);
-        };
+    /// Emits an entry that arrived outside a transaction (inside one, it takes its place there).
+    fn emit_alone(
+        &mut self,
+        mut entry: Entry,
+        lsn: Lsn,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), PostgresError> {
+        if self.progress.in_transaction() {
+            return self.emit(entry, false, out);
+        }
+        let (commit_lsn, index) = self.progress.alone(lsn);
+        entry.position = Position::Wal { commit_lsn, index };
+        out.push(entry);
+        Ok(())
+    }
+
+    /// The shape of inserts into `relation` if it is the outbox table, recognised by OID (so a
+    /// rename changes nothing) or by schema and name (so a re-created table is followed, not
+    /// taken for another table whose inserts are skipped). An outbox that lost its id or
+    /// payload column is an error for the same reason.
+    fn shape_of(&mut self, relation: &Relation) -> Result<Option<Shape>, PostgresError> {
+        let Some(table) = self.table.as_mut() else { return Ok(None) };
+        if table.oid != relation.oid {
+            if (relation.namespace.as_str(), relation.name.as_str())
+                != (table.name.schema.as_str(), table.name.name.as_str())
+            {
+                return Ok(None);
+            }
+            tracing::warn!(
+                table = %table.name, old_oid = table.oid, new_oid = relation.oid,
+                "the outbox table was re-created: following its inserts under the new OID"
+            );
+            table.oid = relation.oid;
+        }
+        let table = &*table;
         let changed = |column: &str, setting| PostgresError::OutboxChanged {
             table: table.name.to_string(),
             column: column.into(),
@@ -272,10 +321,14 @@ impl WalSource {
         }
     }
 
+    /// Also checks that the publication still publishes the outbox table, unfiltered: a table
+    /// dropped and re-created leaves it (its inserts would never arrive), a filter hides rows.
     async fn heartbeat(&mut self) -> Result<(), PostgresError> {
         if let Some(every) = self.options.heartbeat_interval {
             // Rescheduled first: `ready` may be dropped mid-query, and a repeat is not needed.
             self.next_heartbeat = Some(Instant::now() + every);
+            let table = self.table.as_ref().map(|t| &t.name);
+            check_publication(&self.session, &self.options.publication, table).await?;
             emit_heartbeat(&self.session, &self.options.heartbeat_prefix).await?;
         }
         Ok(())
@@ -353,34 +406,39 @@ impl Source for WalSource {
     }
 }
 
-/// An entry from an outbox row (its position is set by [`WalSource::emit`]).
+/// An entry from an outbox row (its position is set by [`WalSource::emit`]). Nothing is dropped:
+/// a value that cannot be decoded is kept (see [`crate::text`]) and makes the entry poison.
 fn row_entry(shape: &Shape, values: Vec<Value>) -> Entry {
     let mut defect = None;
-    let mut text = |value: Option<&Value>| -> Option<String> {
-        match value? {
-            Value::Text(bytes) => match std::str::from_utf8(bytes) {
-                Ok(s) => Some(s.to_owned()),
-                Err(_) => {
-                    defect = Some("a column value is not valid UTF-8".to_owned());
-                    None
-                }
-            },
+    let fields: Vec<Option<String>> = shape
+        .field_columns
+        .iter()
+        .zip(shape.names.iter())
+        .map(|(i, name)| match values.get(*i)? {
+            Value::Text(bytes) => {
+                Some(text_or_hex(bytes, &format!("column {name:?}"), &mut defect))
+            }
             Value::Null | Value::Unchanged => None,
-        }
-    };
-    let fields: Vec<Option<String>> =
-        shape.field_columns.iter().map(|i| text(values.get(*i))).collect();
+        })
+        .collect();
     let payload = match values.get(shape.payload_column) {
         Some(Value::Text(bytes)) if shape.payload_kind == PayloadKind::Binary => {
-            match pgoutput::bytea_from_text(bytes) {
+            match bytea_from_text(bytes) {
                 Some(decoded) => Some(Bytes::from(decoded)),
                 None => {
-                    defect = Some("the bytea payload is not in hex format".into());
-                    None
+                    defect.get_or_insert_with(|| {
+                        "the bytea payload is in neither hex nor escape format (kept as the \
+                         server sent it)"
+                            .into()
+                    });
+                    Some(bytes.clone())
                 }
             }
         }
-        Some(Value::Text(bytes)) => Some(bytes.clone()),
+        Some(Value::Text(bytes)) => {
+            check_text_payload(bytes, &mut defect);
+            Some(bytes.clone())
+        }
         _ => None,
     };
     let id = fields[shape.id_field].clone().unwrap_or_default();
@@ -394,6 +452,11 @@ fn row_entry(shape: &Shape, values: Vec<Value>) -> Entry {
         defect,
     }
 }
+
+/// The defect of an outbox-prefixed logical message emitted with `transactional = false`.
+pub const NON_TRANSACTIONAL: &str = "the logical message was emitted with transactional = false: \
+    it is not part of the transaction that wrote the business rows (which may have rolled back); \
+    emit outbox messages with pg_logical_emit_message(true, ...)";
 
 /// Fields a logical message offers to routing templates.
 pub const MESSAGE_FIELDS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "type", "prefix"];

@@ -20,6 +20,11 @@ impl DecodeError {
     pub(crate) fn unknown_relation(oid: u32) -> Self {
         DecodeError { message: "Insert", reason: format!("relation {oid} was never described") }
     }
+
+    /// A change outside Begin/Commit.
+    pub(crate) fn outside_transaction() -> Self {
+        DecodeError { message: "Insert", reason: "a change arrived outside a transaction".into() }
+    }
 }
 
 /// One column of a relation, as the Relation message describes it.
@@ -175,21 +180,6 @@ fn insert(data: &Bytes) -> Result<Change, DecodeError> {
     Ok(Change::Insert { relation, values })
 }
 
-/// Decodes `bytea`'s text output (`\x` followed by hex digits).
-pub(crate) fn bytea_from_text(text: &[u8]) -> Option<Vec<u8>> {
-    let hex = text.strip_prefix(b"\\x")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    hex.chunks_exact(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -269,14 +259,5 @@ pub(crate) mod tests {
         for cut in 1..rel.len() {
             assert!(decode(&rel.slice(..cut)).is_err(), "relation cut at {cut} must fail");
         }
-    }
-
-    #[test]
-    fn bytea_text_output_decodes() {
-        assert_eq!(bytea_from_text(b"\\x00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(bytea_from_text(b"\\x"), Some(vec![]));
-        assert_eq!(bytea_from_text(b"\\x0"), None);
-        assert_eq!(bytea_from_text(b"00"), None);
-        assert_eq!(bytea_from_text(b"\\xzz"), None);
     }
 }

@@ -20,8 +20,9 @@ struct TxnMark {
 
 #[derive(Debug)]
 pub(crate) struct Progress {
-    /// The transaction being received, and the index of its next entry.
-    open: Option<(Lsn, u32)>,
+    /// The transaction being received, and the index of its next entry (wider than an index,
+    /// so running past the last one is seen, never wrapped).
+    open: Option<(Lsn, u64)>,
     /// Transactions not yet passed, oldest first.
     pending: VecDeque<TxnMark>,
     acked: Option<(Lsn, u32)>,
@@ -47,12 +48,25 @@ impl Progress {
         self.pending.push_back(TxnMark { commit_lsn, end_lsn: None, last_index: None });
     }
 
-    /// The position of the next entry of the open transaction (`None` outside one).
-    pub(crate) fn next_entry(&mut self) -> Option<(Lsn, u32)> {
-        let (commit_lsn, index) = self.open.as_mut()?;
-        let position = (*commit_lsn, *index);
-        *index += 1;
-        Some(position)
+    /// The position of the next entry of the open transaction (`None` outside one); `Err`
+    /// with the commit LSN if the transaction has more entries than an index can number.
+    pub(crate) fn next_entry(&mut self) -> Option<Result<(Lsn, u32), Lsn>> {
+        let (commit_lsn, next) = self.open.as_mut()?;
+        let Ok(index) = u32::try_from(*next) else { return Some(Err(*commit_lsn)) };
+        *next += 1;
+        Some(Ok((*commit_lsn, index)))
+    }
+
+    /// An entry outside any transaction (a non-transactional logical message at `lsn`), as a
+    /// transaction of its own: flushed, once acknowledged, to `lsn` itself, so a restart before
+    /// that hands it over again.
+    pub(crate) fn alone(&mut self, lsn: Lsn) -> (Lsn, u32) {
+        self.pending.push_back(TxnMark {
+            commit_lsn: lsn,
+            end_lsn: Some(lsn),
+            last_index: Some(0),
+        });
+        (lsn, 0)
     }
 
     /// Commit arrived; returns a new flush position if one can be reported now.
@@ -60,7 +74,8 @@ impl Progress {
         if let Some((_, next_index)) = self.open.take() {
             let mark = self.pending.back_mut().expect("begin pushed a mark");
             mark.end_lsn = Some(end_lsn);
-            mark.last_index = next_index.checked_sub(1);
+            // At most `u32::MAX + 1` entries were numbered (see `next_entry`).
+            mark.last_index = next_index.checked_sub(1).map(|i| i as u32);
         }
         self.settle()
     }
@@ -118,8 +133,8 @@ mod tests {
     fn a_transaction_is_flushed_only_when_committed_and_fully_acknowledged() {
         let mut p = Progress::new(lsn(10));
         p.begin(lsn(100));
-        assert_eq!(p.next_entry(), Some((lsn(100), 0)));
-        assert_eq!(p.next_entry(), Some((lsn(100), 1)));
+        assert_eq!(p.next_entry(), Some(Ok((lsn(100), 0))));
+        assert_eq!(p.next_entry(), Some(Ok((lsn(100), 1))));
         assert_eq!(p.ack(lsn(100), 1), None, "no Commit yet: a crash would lose the rest");
         assert_eq!(p.commit(lsn(108)), Some(lsn(108)), "committed and all acknowledged");
         assert_eq!(p.confirmed(), lsn(108));
@@ -161,5 +176,28 @@ mod tests {
         p.begin(lsn(120));
         assert_eq!(p.commit(lsn(128)), None, "the transaction before it is not acknowledged");
         assert_eq!(p.ack(lsn(100), 0), Some(lsn(128)));
+    }
+
+    #[test]
+    fn a_transaction_too_large_to_number_is_an_error_not_a_wrap() {
+        let mut p = Progress::new(lsn(0));
+        p.begin(lsn(100));
+        p.open = Some((lsn(100), u64::from(u32::MAX)));
+        assert_eq!(p.next_entry(), Some(Ok((lsn(100), u32::MAX))));
+        assert_eq!(p.next_entry(), Some(Err(lsn(100))), "index 0 again would reorder");
+        assert_eq!(p.commit(lsn(108)), None);
+        assert_eq!(p.ack(lsn(100), u32::MAX), Some(lsn(108)));
+    }
+
+    #[test]
+    fn an_entry_alone_is_flushed_to_its_own_lsn_once_acknowledged_in_order() {
+        let mut p = Progress::new(lsn(0));
+        p.begin(lsn(100));
+        p.next_entry();
+        p.commit(lsn(108));
+        assert_eq!(p.alone(lsn(120)), (lsn(120), 0));
+        assert_eq!(p.idle(lsn(130)), None);
+        assert_eq!(p.ack(lsn(100), 0), Some(lsn(108)), "the message is not acknowledged yet");
+        assert_eq!(p.ack(lsn(120), 0), Some(lsn(120)), "replayed by a restart before this");
     }
 }

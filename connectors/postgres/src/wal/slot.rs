@@ -64,7 +64,52 @@ pub async fn check_publication(
             table: table.to_string(),
         });
     }
-    Ok(())
+    check_publication_filters(session, publication, table).await
+}
+
+/// PostgreSQL 15+ lets a publication filter rows (`where ...`) and columns: rows it filters
+/// out never reach the slot, which moves past them as if they were not there.
+async fn check_publication_filters(
+    session: &Session,
+    publication: &str,
+    table: &TableName,
+) -> Result<(), PostgresError> {
+    let version: i32 = session
+        .timed(
+            "reading the server version",
+            session.client().query_one("select current_setting('server_version_num')::int", &[]),
+        )
+        .await?
+        .get(0);
+    if version < 150_000 {
+        return Ok(());
+    }
+    // A table published through `for all tables` or `for tables in schema` has no row here,
+    // and neither form can filter.
+    let row = session
+        .timed(
+            "reading the publication's filters",
+            session.client().query_opt(
+                "select pr.prqual is not null, pr.prattrs is not null \
+                 from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid \
+                 where p.pubname = $1 and pr.prrelid = to_regclass($2)",
+                &[&publication, &table.quoted()],
+            ),
+        )
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let (rows_filtered, columns_listed): (bool, bool) = (row.get(0), row.get(1));
+    let problem = match (rows_filtered, columns_listed) {
+        (false, false) => return Ok(()),
+        (true, false) => "has a row filter (WHERE)",
+        (false, true) => "has a column list",
+        (true, true) => "has a row filter (WHERE) and a column list",
+    };
+    Err(PostgresError::PublicationFilters {
+        publication: publication.into(),
+        table: table.to_string(),
+        problem: problem.into(),
+    })
 }
 
 /// The slot exists, is a `pgoutput` slot of this database, was not invalidated, and no other
@@ -160,8 +205,11 @@ pub async fn ensure_publication(
         return Ok(Some(format!("created publication {publication}")));
     }
     let Some(table) = table else { return Ok(None) };
-    if check_publication(session, publication, Some(table)).await.is_ok() {
-        return Ok(None);
+    match check_publication(session, publication, Some(table)).await {
+        Ok(()) => return Ok(None),
+        Err(PostgresError::PublicationLacksTable { .. }) => {}
+        // A filter is the operator's choice to undo, not migrate's.
+        Err(other) => return Err(other),
     }
     let sql = format!("alter publication {quoted} add table {}", table.quoted());
     session

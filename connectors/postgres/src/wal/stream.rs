@@ -9,7 +9,6 @@
 //! - [`ReplicationStream::close`] returns only after the last confirmed position was sent, so a
 //!   clean shutdown leaves nothing to replay.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -69,8 +68,7 @@ impl std::fmt::Debug for ReplicationStream {
 impl ReplicationStream {
     /// Connects, authenticates and starts streaming from `options.start`.
     pub(crate) async fn open(url: &str, options: &StreamOptions) -> Result<Self, PostgresError> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|source| PostgresError::Url { source })?;
+        let config = crate::session::parse_url(url)?;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             Some(Host::Unix(path)) => path.display().to_string(),

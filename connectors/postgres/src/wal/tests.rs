@@ -40,8 +40,12 @@ fn rows_become_entries_with_their_columns_and_payload() {
 fn bytea_payloads_are_decoded_and_bad_ones_are_defects() {
     let entry = row_entry(&shape(BYTEA_OID), values(&[Some("e1"), Some("k"), Some("\\x6869")]));
     assert_eq!(entry.payload.as_deref(), Some(&b"hi"[..]));
+    let escape = row_entry(&shape(BYTEA_OID), values(&[Some("e1"), Some("k"), Some("h\\151")]));
+    assert_eq!(escape.payload.as_deref(), Some(&b"hi"[..]), "bytea_output = escape");
+    assert!(escape.defect.is_none());
     let bad = row_entry(&shape(BYTEA_OID), values(&[Some("e1"), Some("k"), Some("\\x6")]));
     assert!(bad.defect.unwrap().contains("bytea"));
+    assert_eq!(bad.payload.as_deref(), Some(&b"\\x6"[..]), "kept as sent, never dropped");
 }
 
 #[test]
