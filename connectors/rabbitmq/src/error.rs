@@ -74,6 +74,11 @@ pub enum RabbitSinkError {
     ChannelClosed { lane: usize },
     #[error("the connection to RabbitMQ at {target} was lost")]
     ConnectionLost { target: String },
+    #[error(
+        "waiting for the connection to RabbitMQ at {target} on which a publish timed out to \
+         close: a message still queued on it must not land after its re-send"
+    )]
+    StillClosing { target: String },
     #[error("no confirm for message {id} to exchange {exchange:?}: its channel closed")]
     ConfirmLost {
         id: String,
@@ -105,6 +110,7 @@ impl RabbitSinkError {
             | RabbitSinkError::Nacked { .. }
             | RabbitSinkError::ChannelClosed { .. }
             | RabbitSinkError::ConnectionLost { .. }
+            | RabbitSinkError::StillClosing { .. }
             // A closed channel fails every confirm on it, whichever message caused it; the
             // re-send finds the real culprit (a missing exchange is checked before publishing).
             | RabbitSinkError::ConfirmLost { .. } => Retry::Transient,

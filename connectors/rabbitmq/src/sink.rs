@@ -12,7 +12,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::uri::AMQPUri;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus,
+    ExchangeKind,
 };
 use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
 
@@ -50,6 +51,10 @@ pub struct RabbitSink {
     options: RabbitOptions,
     target: String,
     connected: Option<Connected>,
+    /// A connection given up on while a publish was being written: its frames may still be
+    /// queued. No new connection is opened until it is closed (or broken), or the unmarked
+    /// original could reach the broker after the marked re-sends.
+    abandoned: Option<ConnectionStatus>,
 }
 
 struct Connected {
@@ -80,6 +85,7 @@ impl RabbitSink {
             options: RabbitOptions { lanes: options.lanes.max(1), ..options },
             target,
             connected: None,
+            abandoned: None,
         })
     }
 
@@ -115,9 +121,27 @@ impl RabbitSink {
                 return Err(RabbitSinkError::ConnectionLost { target: self.target.clone() });
             }
         } else {
+            if let Some(status) = &self.abandoned {
+                if !(status.closed() || status.errored()) {
+                    return Err(RabbitSinkError::StillClosing { target: self.target.clone() });
+                }
+                self.abandoned = None;
+            }
             self.connected = Some(self.connect().await?);
         }
         Ok(self.connected.as_mut().expect("connected"))
+    }
+
+    /// Gives up on the current connection: closes it in the background and remembers it, so
+    /// [`Self::connection`] waits for the close before it connects again.
+    fn abandon(&mut self) {
+        let Some(old) = self.connected.take() else { return };
+        self.abandoned = Some(old.connection.status().clone());
+        tokio::spawn(async move {
+            let Connected { connection, lanes, probe, .. } = old;
+            drop((lanes, probe));
+            let _ = connection.close(200, "a publish timed out".into()).await;
+        });
     }
 
     async fn connect(&self) -> Result<Connected, RabbitSinkError> {
@@ -260,8 +284,9 @@ impl Sink for RabbitSink {
                 source: Box::new(source),
             })?,
             Err(_) => {
-                // A frame may be half written: never reuse this connection.
-                self.connected = None;
+                // A frame may be half written or still queued: never reuse this connection,
+                // and open no other before it is closed.
+                self.abandon();
                 return Err(RabbitSinkError::Timeout {
                     what: format!("the publish of message {id}"),
                     after: timeout,
