@@ -10,12 +10,39 @@ use crate::config::Config;
 use crate::error::RelayError;
 use crate::telemetry::{Activity, Telemetry};
 
+/// The pipeline lock's key, for the pipeline named by `$1`.
+pub(crate) const LOCK_KEY: &str = "hashtextextended('outbox-relay:' || $1, 0)";
+
+/// A `pg_locks` row `l` that is the pipeline lock of the pipeline named by `$1`, granted.
+pub(crate) const LOCK_HELD: &str = "l.locktype = 'advisory' and l.granted and l.objsubid = 1 \
+     and l.database = (select oid from pg_database where datname = current_database()) \
+     and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('outbox-relay:' || $1, 0)";
+
+/// Who holds the pipeline lock: the backend of the lock session. Writes of the relay's state
+/// are fenced by it ([`Lease::fence`]): once that session ends, another relay may lead, and
+/// this one's writes are refused instead of overwriting the new leader's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lease {
+    backend_pid: i32,
+}
+
+impl Lease {
+    /// A SQL condition that holds while this lease's session still holds the lock of the
+    /// pipeline named by `$1`.
+    pub(crate) fn fence(&self) -> String {
+        format!(
+            "exists (select 1 from pg_locks l where {LOCK_HELD} and l.pid = {})",
+            self.backend_pid
+        )
+    }
+}
+
 /// Connects and waits for the pipeline lock. `Ok(None)` if shutdown came first.
 pub(crate) async fn acquire(
     config: &Config,
     telemetry: &Telemetry,
     shutdown: &CancellationToken,
-) -> Result<Option<Session>, RelayError> {
+) -> Result<Option<(Session, Lease)>, RelayError> {
     let pipeline = &config.pipeline.name;
     let session = Session::connect(config.postgres.url.expose(), &session_options(config)).await?;
     let mut waiting_logged = false;
@@ -24,7 +51,7 @@ pub(crate) async fn acquire(
             .timed(
                 "taking the pipeline lock",
                 session.client().query_one(
-                    "select pg_try_advisory_lock(hashtextextended('outbox-relay:' || $1, 0))",
+                    &format!("select pg_try_advisory_lock({LOCK_KEY}), pg_backend_pid()"),
                     &[pipeline],
                 ),
             )
@@ -32,7 +59,7 @@ pub(crate) async fn acquire(
         if row.get::<_, bool>(0) {
             record_leader(&session, config).await?;
             tracing::info!(pipeline = %pipeline, "this relay leads the pipeline");
-            return Ok(Some(session));
+            return Ok(Some((session, Lease { backend_pid: row.get(1) })));
         }
         if !waiting_logged {
             tracing::info!(pipeline = %pipeline, "another relay leads this pipeline; standing by");

@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "relay_redrive",
         sql: include_str!("../migrations/0004_relay_redrive.sql"),
     },
+    Migration {
+        version: 5,
+        name: "dead_letters_by_position",
+        sql: include_str!("../migrations/0005_dead_letters_by_position.sql"),
+    },
 ];
 
 /// What `migrate` did.

@@ -83,7 +83,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<Exit, RelayError> {
     telemetry.metrics.set_state(Activity::Starting);
-    let Some(session) = crate::leader::acquire(config, telemetry, shutdown).await? else {
+    let Some((session, lease)) = crate::leader::acquire(config, telemetry, shutdown).await? else {
         return Ok(Exit::Shutdown);
     };
     let source = &config.source;
@@ -114,7 +114,7 @@ async fn run_once(
             notify_channel: Some(source.notify_channel.clone()).filter(|c| !c.is_empty()),
         };
         tracing::info!(table = %table.name, "polling the outbox");
-        let mut state = RelayState::open(config).await?;
+        let mut state = RelayState::open(config, lease).await?;
         let window = replay_window(&session, &table, &state, settings).await?;
         if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
             return Ok(exit);
@@ -123,6 +123,7 @@ async fn run_once(
         return pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown)
             .await;
     }
+    let sender_timeout = wal::sender_timeout(&session).await?;
     let options = WalOptions {
         slot: source.slot.clone(),
         publication: source.publication.clone(),
@@ -137,11 +138,12 @@ async fn run_once(
             AfterPublishConfig::Keep => WalAfterPublish::Keep,
             AfterPublishConfig::Delete | AfterPublishConfig::Mark => WalAfterPublish::Delete,
         },
-        status_interval: wal::status_interval(&session).await?,
+        status_interval: wal::status_interval(sender_timeout),
+        sender_timeout,
         connect_timeout: config.postgres.connect_timeout,
         application_name: format!("outbox-relay:{}", config.pipeline.name),
     };
-    let mut state = RelayState::open(config).await?;
+    let mut state = RelayState::open(config, lease).await?;
     let window = replay_window(&session, &table, &state, settings).await?;
     if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
         return Ok(exit);

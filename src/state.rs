@@ -5,6 +5,10 @@
 //!   every position a relay may ever have sent is at or below it. Read at start, it is the
 //!   *replay horizon*: messages at or below it may be replays of a run that crashed.
 //! - `acked` (the checkpoint) is only raised.
+//! - **Fenced**: every write holds only while this relay's lock session still holds the pipeline
+//!   lock (checked in the same statement); a deposed leader's write changes nothing and fails
+//!   with [`PostgresError::LockLost`], so it can neither lower `max_sent` nor overwrite the new
+//!   leader's state or dead letters.
 //! - A dead letter is written (committed) before its entry is acknowledged, so an entry is
 //!   either delivered, set aside with its reason, or still at the source.
 //! - A redriven dead letter is marked sent before it is handed to the broker and redriven only
@@ -17,6 +21,7 @@ use outbox_relay_postgres::{PostgresError, Session};
 
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::leader::Lease;
 
 /// A dead letter as stored, to be rebuilt into its entry by a redrive.
 #[derive(Debug)]
@@ -25,6 +30,7 @@ pub(crate) struct DeadLetter {
     pub(crate) entry_id: String,
     pub(crate) position: String,
     pub(crate) held_behind: Option<String>,
+    pub(crate) shard_key: Option<String>,
     /// JSON object: column → text value or null.
     pub(crate) fields: String,
     pub(crate) payload: Option<Vec<u8>>,
@@ -40,6 +46,8 @@ pub(crate) struct DeadLetter {
 pub(crate) struct RelayState {
     session: Session,
     pipeline: String,
+    /// Holds while this relay leads the pipeline ([`Lease::fence`]): every write requires it.
+    fence: String,
     horizon: Option<Position>,
     max_sent: Option<Position>,
     acked: Option<Position>,
@@ -47,7 +55,7 @@ pub(crate) struct RelayState {
 
 impl RelayState {
     /// Connects and reads what the previous run left.
-    pub(crate) async fn open(config: &Config) -> Result<Self, RelayError> {
+    pub(crate) async fn open(config: &Config, lease: Lease) -> Result<Self, RelayError> {
         let session =
             Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
                 .await?;
@@ -71,7 +79,8 @@ impl RelayState {
             Some(row) => (parse(row.get(0)), parse(row.get(1))),
             None => (None, None),
         };
-        Ok(Self { session, pipeline, horizon: max_sent, max_sent, acked })
+        let fence = lease.fence();
+        Ok(Self { session, pipeline, fence, horizon: max_sent, max_sent, acked })
     }
 
     /// Messages at or below this position may have been sent by an earlier run.
@@ -106,15 +115,18 @@ impl RelayState {
         position: Position,
     ) -> Result<(), PostgresError> {
         let sql = format!(
-            "update outbox_relay.pipelines set {column} = $2, updated_at = now() where name = $1"
+            "update outbox_relay.pipelines set {column} = $2, updated_at = now() \
+             where name = $1 and {}",
+            self.fence
         );
-        self.session
+        let written = self
+            .session
             .timed(
                 what,
                 self.session.client().execute(&sql, &[&self.pipeline, &position.to_string()]),
             )
             .await?;
-        Ok(())
+        fenced(what, written)
     }
 
     /// Records what the relay is doing (the caller skips unchanged states).
@@ -123,22 +135,25 @@ impl RelayState {
         state: &str,
         detail: Option<&str>,
     ) -> Result<(), PostgresError> {
-        self.session
-            .timed(
-                "recording the relay's state",
-                self.session.client().execute(
-                    "update outbox_relay.pipelines set state = $2, state_detail = $3, \
-                     state_since = case when state is distinct from $2 then now() else state_since end \
-                     where name = $1",
-                    &[&self.pipeline, &state, &detail],
-                ),
-            )
+        let what = "recording the relay's state";
+        let sql = format!(
+            "update outbox_relay.pipelines set state = $2, state_detail = $3, \
+             state_since = case when state is distinct from $2 then now() else state_since end \
+             where name = $1 and {}",
+            self.fence
+        );
+        let written = self
+            .session
+            .timed(what, self.session.client().execute(&sql, &[&self.pipeline, &state, &detail]))
             .await?;
-        Ok(())
+        fenced(what, written)
     }
 
     /// Sets `message` aside with `reason` (committed when this returns). An entry held behind
-    /// a dead letter whose redrive is requested is requested too: it goes out with it.
+    /// a dead letter whose redrive is requested is requested too: it goes out with it. One that
+    /// an earlier run may have sent (`message.possible_replay`) is redriven as a possible replay.
+    /// Keyed by position: the same entry set aside again after a crash is stored once; another
+    /// entry with the same id is stored too.
     pub(crate) async fn dead_letter(
         &self,
         message: &Message,
@@ -152,17 +167,31 @@ impl RelayState {
         let kind = payload_kind_name(message.payload_kind);
         // `for share` waits for a `dlq redrive` marking the first entry, so a request is never
         // missed by an entry set aside while it is being made.
-        self.session
+        let what = "writing a dead letter";
+        let sql = format!(
+            "with fence as (select {fence} as held), \
+             stored as ( \
+               insert into outbox_relay.dead_letters \
+               (pipeline, entry_id, position, destination, shard_key, fields, payload, reason, \
+                held_behind, payload_kind, own_headers, defect, redrive_sent_at, \
+                redrive_requested_at) \
+               select $1::text, $2::text, $3::text, $4::text, $5::text, $6::text::jsonb, \
+                $7::bytea, $8::text, $9::text, $10::text, $11::text::jsonb, $12::text, \
+                case when $13::bool then now() end, \
+                (select d.redrive_requested_at from outbox_relay.dead_letters d \
+                 where $9::text is not null and d.pipeline = $1 and d.shard_key = $5 \
+                   and d.redriven_at is null order by d.seq limit 1 for share) \
+               from fence where fence.held \
+               on conflict (pipeline, position) where redriven_at is null do nothing) \
+             select held from fence",
+            fence = self.fence
+        );
+        let row = self
+            .session
             .timed(
-                "writing a dead letter",
-                self.session.client().execute(
-                    "insert into outbox_relay.dead_letters \
-                     (pipeline, entry_id, position, destination, shard_key, fields, payload, reason, \
-                      held_behind, payload_kind, own_headers, defect, redrive_requested_at) \
-                     values ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10, $11::text::jsonb, $12, \
-                      (select d.redrive_requested_at from outbox_relay.dead_letters d \
-                       where d.pipeline = $1 and d.entry_id = $9 and d.redriven_at is null for share)) \
-                     on conflict (pipeline, entry_id) where redriven_at is null do nothing",
+                what,
+                self.session.client().query_one(
+                    &sql,
                     &[
                         &self.pipeline,
                         &message.id,
@@ -176,11 +205,12 @@ impl RelayState {
                         &kind,
                         &own_headers,
                         &defect,
+                        &message.possible_replay,
                     ],
                 ),
             )
             .await?;
-        Ok(())
+        fenced(what, u64::from(row.get::<_, bool>(0)))
     }
 
     /// Whether `dlq redrive` asked for dead letters that are not delivered yet.
@@ -207,7 +237,8 @@ impl RelayState {
                 "reading the dead letters to redrive",
                 self.session.client().query(
                     "select seq, entry_id, position, held_behind, fields::text, payload, \
-                            payload_kind, own_headers::text, defect, redrive_sent_at is not null \
+                            payload_kind, own_headers::text, defect, redrive_sent_at is not null, \
+                            shard_key \
                      from outbox_relay.dead_letters \
                      where pipeline = $1 and redriven_at is null and redrive_requested_at is not null \
                      order by seq",
@@ -228,6 +259,7 @@ impl RelayState {
                 own_headers: row.get(7),
                 defect: row.get(8),
                 sent_before: row.get(9),
+                shard_key: row.get(10),
             })
             .collect())
     }
@@ -255,17 +287,21 @@ impl RelayState {
         reason: &str,
         behind: Option<&str>,
     ) -> Result<(), PostgresError> {
-        self.session
+        let what = "recording a dead letter that stays";
+        let sql = format!(
+            "update outbox_relay.dead_letters \
+             set reason = $3, held_behind = $4, redrive_requested_at = null \
+             where pipeline = $1 and seq = $2 and {}",
+            self.fence
+        );
+        let written = self
+            .session
             .timed(
-                "recording a dead letter that stays",
-                self.session.client().execute(
-                    "update outbox_relay.dead_letters \
-                     set reason = $2, held_behind = $3, redrive_requested_at = null where seq = $1",
-                    &[&seq, &reason, &behind],
-                ),
+                what,
+                self.session.client().execute(&sql, &[&self.pipeline, &seq, &reason, &behind]),
             )
             .await?;
-        Ok(())
+        fenced(what, written)
     }
 
     async fn update_dead_letter(
@@ -274,9 +310,15 @@ impl RelayState {
         set: &str,
         seq: i64,
     ) -> Result<(), PostgresError> {
-        let sql = format!("update outbox_relay.dead_letters set {set} where seq = $1");
-        self.session.timed(what, self.session.client().execute(&sql, &[&seq])).await?;
-        Ok(())
+        let sql = format!(
+            "update outbox_relay.dead_letters set {set} where pipeline = $1 and seq = $2 and {}",
+            self.fence
+        );
+        let written = self
+            .session
+            .timed(what, self.session.client().execute(&sql, &[&self.pipeline, &seq]))
+            .await?;
+        fenced(what, written)
     }
 
     /// The first live dead letter of `key`, if the key is still held.
@@ -314,6 +356,15 @@ impl RelayState {
     }
 }
 
+/// A fenced write that changed nothing was refused: the lock is gone (the rows it writes exist
+/// while the relay runs: its pipeline row, a dead letter it read).
+fn fenced(what: &'static str, written: u64) -> Result<(), PostgresError> {
+    if written == 0 {
+        return Err(PostgresError::LockLost { what });
+    }
+    Ok(())
+}
+
 /// Positions of different sources (after a switch from polling to WAL) do not compare.
 fn same_kind(a: Position, b: Position) -> bool {
     matches!(
@@ -348,4 +399,61 @@ fn fields_json(message: &Message) -> String {
         object.insert(name.to_string(), value);
     }
     serde_json::Value::Object(object).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::telemetry::Telemetry;
+
+    /// A fresh, migrated database on the test server (`scripts/services.sh up`).
+    async fn migrated_config() -> Config {
+        let admin_url = std::env::var("OUTBOX_RELAY_TEST_PG")
+            .expect("OUTBOX_RELAY_TEST_PG: run `scripts/test.sh` (it starts Postgres)");
+        let name = format!("t_fence_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let (admin, connection) =
+            tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        admin.batch_execute(&format!("create database \"{name}\"")).await.unwrap();
+        let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+        let text = format!(
+            "[postgres]\nurl = \"{url}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\n"
+        );
+        let config = Config::from_sources(&text, [], "test").unwrap();
+        crate::migrate::migrate(&config).await.unwrap();
+        config
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_lost_the_pipeline_lock_writes_nothing() {
+        let config = migrated_config().await;
+        let (telemetry, shutdown) = (Telemetry::new(), CancellationToken::new());
+        let (lock, lease) =
+            crate::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
+        let mut state = RelayState::open(&config, lease).await.unwrap();
+        state.note_sending(Position::Poll { seq: 10 }).await.unwrap();
+        state.note_state("running", None).await.unwrap();
+
+        // The lock session ends (a network cut, a restarted pooler); another relay takes over.
+        drop(lock);
+        let (usurper, _) =
+            crate::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
+        let refused = state.note_sending(Position::Poll { seq: 20 }).await.unwrap_err();
+        assert!(matches!(refused, PostgresError::LockLost { .. }), "{refused}");
+        let refused = state.note_state("halted", Some("late")).await.unwrap_err();
+        assert!(matches!(refused, PostgresError::LockLost { .. }), "{refused}");
+
+        let row = usurper
+            .client()
+            .query_one(
+                "select max_sent, state from outbox_relay.pipelines where name = 'default'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("poll:10"));
+        assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("running"));
+    }
 }

@@ -29,11 +29,11 @@ pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
         .timed(
             "reading the pipeline lock",
             client.query_opt(
-                "select l.pid, a.application_name, coalesce(host(a.client_addr), 'local') \
-                 from pg_locks l join pg_stat_activity a using (pid) \
-                                  where l.locktype = 'advisory' and l.granted and l.objsubid = 1 \
-                   and l.database = (select oid from pg_database where datname = current_database()) \
-                   and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('outbox-relay:' || $1, 0)",
+                &format!(
+                    "select l.pid, a.application_name, coalesce(host(a.client_addr), 'local') \
+                     from pg_locks l join pg_stat_activity a using (pid) where {}",
+                    crate::leader::LOCK_HELD
+                ),
                 &[name],
             ),
         )

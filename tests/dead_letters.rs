@@ -350,3 +350,138 @@ async fn an_entry_committed_before_the_redrive_still_follows_the_redriven_ones()
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(30)).await.success());
 }
+
+/// Emits a logical-message envelope: `id`, key `key`, and its own `headers` (JSON).
+async fn emit(client: &Client, id: &str, key: &str, headers: &str) {
+    let envelope = format!(
+        r#"{{"id": "{id}", "aggregatetype": "order", "aggregateid": "{key}", "type": "T", "payload": {{}}, "headers": {headers}}}"#
+    );
+    client
+        .execute("select pg_logical_emit_message(true, 'outbox', $1)", &[&envelope])
+        .await
+        .unwrap();
+}
+
+/// Live dead letters in the order they were set aside: (id, key, held behind).
+async fn letters(client: &Client) -> Vec<(String, String, Option<String>)> {
+    client
+        .query(
+            "select entry_id, shard_key, held_behind from outbox_relay.dead_letters \
+             where redriven_at is null order by seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn wal_config(db: &str, prefix: &str, slot: &str, same_key: &str) -> String {
+    format!(
+        "{}\n[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
+        kafka_config(db, prefix, same_key, "key = \"${aggregateid}\"")
+    )
+}
+
+/// Two entries with one id are two dead letters; poison of a held key waits behind the key's
+/// first; a redrive keeps the key's order when one of them fails again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_per_entry_and_a_held_key_keeps_its_order_through_a_redrive() {
+    let db = fresh_database("dlq_order").await;
+    let (slot, prefix) = (unique("slot"), unique("dlqorder"));
+    let orders = format!("{prefix}.order");
+    create_topic(&services().kafka, &orders, 1).await;
+    let config = wal_config(&db, &prefix, &slot, "wait");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let forged = r#"{"outbox-position": "forged"}"#;
+    emit(&client, "dup", "k", forged).await; // poison: key k is held from here on
+    emit(&client, "dup", "j", forged).await; // the same id, another entry
+    emit(&client, "k-poison", "k", r#"{"ID": "forged"}"#).await; // poison of a held key
+    emit(&client, "k-good", "k", "{}").await; // held
+    emit(&client, "z-good", "z", "{}").await; // another key flows
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    let orders_ref = &orders;
+    wait_for("the entry of key z", Duration::from_secs(60), || async move {
+        ids(orders_ref).await == ["z-good"]
+    })
+    .await;
+    let expected = |id: &str, key: &str, behind: Option<&str>| {
+        (id.to_string(), key.to_string(), behind.map(str::to_owned))
+    };
+    assert_eq!(
+        letters(client).await,
+        [
+            expected("dup", "k", None),
+            expected("dup", "j", None),
+            expected("k-poison", "k", Some("dup")),
+            expected("k-good", "k", Some("dup")),
+        ]
+    );
+    let out = command(&config, &["dlq", "redrive", "--id", "k-poison"]).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("is held behind dead letter \"dup\""),
+        "{out:?}"
+    );
+
+    // Fix the first of key k only; `k-poison` fails again, so `k-good` must stay behind it.
+    client
+        .execute(
+            "update outbox_relay.dead_letters set own_headers = '[]' \
+             where entry_id = 'dup' and shard_key = 'k'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = command(&config, &["dlq", "redrive", "--all"]).await;
+    assert!(!out.status.success(), "two fail again: {out:?}");
+    assert!(out.stdout.contains("delivered 1 dead letter(s)"), "{out:?}");
+    assert_eq!(ids(&orders).await, ["z-good", "dup"], "k-good may not overtake k-poison");
+    assert_eq!(
+        letters(client).await,
+        [
+            expected("dup", "j", None),
+            expected("k-poison", "k", None),
+            expected("k-good", "k", Some("k-poison")),
+        ]
+    );
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+    let admin = connect(&services().pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_continue_a_key_flows_after_its_dead_letter_also_after_a_restart() {
+    let db = fresh_database("dlq_continue").await;
+    let (slot, prefix) = (unique("slot"), unique("dlqcont"));
+    let orders = format!("{prefix}.order");
+    create_topic(&services().kafka, &orders, 1).await;
+    let config = wal_config(&db, &prefix, &slot, "continue");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    emit(&client, "poison", "k", r#"{"outbox-pipeline": "x"}"#).await;
+    emit(&client, "first", "k", "{}").await;
+    let mut relay = Relay::spawn(&config);
+    let orders_ref = &orders;
+    wait_for("the first entry", Duration::from_secs(60), || async move {
+        ids(orders_ref).await == ["first"]
+    })
+    .await;
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+
+    emit(&client, "second", "k", "{}").await;
+    let mut relay = Relay::spawn(&config);
+    wait_for("the second entry, not held", Duration::from_secs(60), || async move {
+        ids(orders_ref).await == ["first", "second"]
+    })
+    .await;
+    assert_eq!(letters(&client).await, vec![("poison".into(), "k".into(), None)]);
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+    let admin = connect(&services().pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+}

@@ -86,8 +86,14 @@ struct Held {
 }
 
 impl Held {
-    async fn load(state: &RelayState) -> Result<Self, ConnectorError> {
-        Ok(Self { keys: state.held_keys().await? })
+    /// The keys held by dead letters still live; none with `dead_letter_same_key = "continue"`
+    /// (a key set aside under "wait" by an earlier run flows again once the policy says so).
+    async fn load(state: &RelayState, policy: SameKeyPolicy) -> Result<Self, ConnectorError> {
+        let keys = match policy {
+            SameKeyPolicy::Wait => state.held_keys().await?,
+            SameKeyPolicy::Continue => HashMap::new(),
+        };
+        Ok(Self { keys })
     }
 }
 
@@ -195,7 +201,7 @@ where
     K: Sink,
 {
     let metrics = &telemetry.metrics;
-    let held = match Held::load(state).await {
+    let held = match Held::load(state, settings.same_key).await {
         Ok(held) => held,
         // Postgres restarting or failing over: the caller waits and starts again.
         Err(error) if error.retry() == Retry::Transient => return Ok(Exit::SourceFailed(error)),
@@ -225,6 +231,9 @@ where
         stop_reading.clone(),
     )));
     let mut feeder_done = false;
+    // The source once the feed is done: it holds the leader session, so the pipeline lock (and
+    // with it the right to write the relay's state) lasts until the run has said how it ended.
+    let mut kept_source: Option<S> = None;
     // The feed closed the batch channel: nothing more will come.
     let mut batches_done = false;
 
@@ -292,10 +301,20 @@ where
                             ending = Some(Ending::Halt(error));
                             break;
                         }
-                        Verdict::SetAside => (message, Some((reason, None, defect))),
+                        // Poison of a held key stays behind the key's first dead letter too.
+                        Verdict::SetAside => {
+                            match records.held_behind(message.key.as_deref()).await {
+                                Ok(behind) => (message, Some((reason, behind, defect))),
+                                Err(error) => {
+                                    ending = Some(Ending::SourceFailed(error));
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
             };
+            message.possible_replay = !records.beyond_doubt(message.position);
             if let Some((reason, behind, defect)) = aside {
                 let set_aside = records
                     .set_aside(&message, &reason, behind.as_deref(), defect.as_deref())
@@ -311,7 +330,6 @@ where
                     }
                 }
             }
-            message.possible_replay = !records.beyond_doubt(message.position);
             let sent = sink.send(&message).await;
             if message.possible_replay {
                 count_recognised(sink, metrics);
@@ -364,7 +382,16 @@ where
                     match verdict(settings, &message, source) {
                         Verdict::Halt(error) => ending = Some(Ending::Halt(error)),
                         Verdict::SetAside => {
-                            match records.set_aside(&message, &reason, None, None).await {
+                            let set_aside = match records.held_behind(message.key.as_deref()).await
+                            {
+                                Ok(behind) => {
+                                    records
+                                        .set_aside(&message, &reason, behind.as_deref(), None)
+                                        .await
+                                }
+                                Err(error) => Err(error),
+                            };
+                            match set_aside {
                                 Ok(()) => {
                                     tracker.settle_failed(ticket);
                                     retry_at = Some(Instant::now());
@@ -427,8 +454,14 @@ where
             joined = &mut feeder, if !feeder_done => {
                 feeder_done = true;
                 let error = match joined {
-                    Ok(Ok(())) => ConnectorError::transient(std::io::Error::other("source stopped")),
-                    Ok(Err(error)) => error,
+                    Ok((source, Ok(()))) => {
+                        kept_source = Some(source);
+                        ConnectorError::transient(std::io::Error::other("source stopped"))
+                    }
+                    Ok((source, Err(error))) => {
+                        kept_source = Some(source);
+                        error
+                    }
                     Err(join) => std::panic::resume_unwind(join.into_panic()),
                 };
                 if ending.is_none() {
@@ -537,15 +570,18 @@ where
     let mut final_error = None;
     if !feeder_done {
         match tokio::time::timeout(FINAL_ACK_TIMEOUT, &mut feeder).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => final_error = Some(error),
+            Ok(Ok((source, Ok(())))) => kept_source = Some(source),
+            Ok(Ok((source, Err(error)))) => {
+                kept_source = Some(source);
+                final_error = Some(error);
+            }
             Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
             Err(_) => tracing::warn!("the source did not finish its final acknowledgement in time"),
         }
     }
     metrics.in_flight.set(tracker.outstanding() as i64);
 
-    match ending.expect("the loop only ends with an ending") {
+    let outcome = match ending.expect("the loop only ends with an ending") {
         Ending::Halt(error) => {
             records.announce(Activity::Halted, Some(&crate::sink::chain(&error))).await;
             Err(error)
@@ -554,7 +590,9 @@ where
         _ if final_error.is_some() => source_outcome(final_error.expect("checked")),
         Ending::SourceFailed(error) => source_outcome(error),
         Ending::Shutdown => Ok(Exit::Shutdown),
-    }
+    };
+    drop(kept_source);
+    outcome
 }
 
 /// Pops the confirmed prefix and hands its end to the source (and, now and then, to the
@@ -641,11 +679,26 @@ pub(crate) fn backoff(attempt: u32, settings: &Settings) -> Duration {
     exp.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-/// Owns the source: reads batches while the main loop takes them, and applies the latest
-/// acknowledged position at most every `ack_interval`. Ends (after a last acknowledgement) when
-/// the main loop drops the acknowledgement sender.
+/// Owns the source: runs [`read_and_ack`], then hands the source back (see `kept_source` in
+/// [`run`]).
 async fn feed<S: Source>(
     mut source: S,
+    batches: mpsc::Sender<Vec<Entry>>,
+    acks: watch::Receiver<Option<Position>>,
+    batch_size: usize,
+    ack_interval: Duration,
+    stop_reading: CancellationToken,
+) -> (S, Result<(), ConnectorError>) {
+    let result =
+        read_and_ack(&mut source, batches, acks, batch_size, ack_interval, stop_reading).await;
+    (source, result)
+}
+
+/// Reads batches while the main loop takes them, and applies the latest acknowledged position
+/// at most every `ack_interval`. Ends (after a last acknowledgement) when the main loop drops
+/// the acknowledgement sender.
+async fn read_and_ack<S: Source>(
+    source: &mut S,
     batches: mpsc::Sender<Vec<Entry>>,
     mut acks: watch::Receiver<Option<Position>>,
     batch_size: usize,

@@ -23,6 +23,7 @@ use outbox_relay_core::{
 use tokio_util::sync::CancellationToken;
 
 use super::{backoff, held_reason, verdict, Records, Verdict};
+use crate::config::SameKeyPolicy;
 use crate::error::RelayError;
 use crate::router::{Poisoned, Router};
 use crate::state::DeadLetter;
@@ -53,11 +54,16 @@ pub(super) async fn redrive<K: Sink>(
 ) -> Result<usize, Interrupted> {
     let letters = records.state.requested_dead_letters().await?;
     tracing::info!(count = letters.len(), "redriving dead letters");
-    // An entry that failed again → the dead letter now first of its key.
-    let mut first_now: HashMap<String, String> = HashMap::new();
+    // Key → its dead letter that failed again, now first of the key. Entries of the key after
+    // it stay, behind it: those held behind a dead letter, and with "wait" every one (set aside
+    // for a reason of its own while the key flowed).
+    let mut failed: HashMap<String, String> = HashMap::new();
+    let wait = records.settings.same_key == SameKeyPolicy::Wait;
     let mut delivered = 0;
     for letter in letters {
-        if let Some(first) = letter.held_behind.as_ref().and_then(|b| first_now.get(b)) {
+        let holds = letter.held_behind.is_some() || wait;
+        if let Some(first) = letter.shard_key.as_ref().filter(|_| holds).and_then(|k| failed.get(k))
+        {
             let reason = held_reason(first);
             records.state.note_still_dead(letter.seq, &reason, Some(first)).await?;
             continue;
@@ -72,9 +78,9 @@ pub(super) async fn redrive<K: Sink>(
             Some(reason) => {
                 tracing::warn!(entry = %letter.entry_id, reason, "dead letter failed again; it stays");
                 records.state.note_still_dead(letter.seq, &reason, None).await?;
-                let chain = letter.held_behind.clone().unwrap_or_else(|| letter.entry_id.clone());
-                first_now.insert(chain, letter.entry_id.clone());
-                first_now.insert(letter.entry_id.clone(), letter.entry_id.clone());
+                if let Some(key) = &letter.shard_key {
+                    failed.entry(key.clone()).or_insert_with(|| letter.entry_id.clone());
+                }
             }
         }
     }
@@ -228,6 +234,7 @@ mod tests {
             entry_id: "e-1".into(),
             position: "poll:7".into(),
             held_behind: None,
+            shard_key: Some("k".into()),
             fields: fields.into(),
             payload: Some(payload.to_vec()),
             payload_kind: Some("json".into()),

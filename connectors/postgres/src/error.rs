@@ -83,6 +83,11 @@ pub enum PostgresError {
     #[error("the replication stream ended")]
     StreamEnded,
     #[error(
+        "the replication stream delivered nothing for {silent:?} although heartbeats were \
+         written: the connection is presumed half-open; reconnecting"
+    )]
+    StreamStalled { silent: Duration },
+    #[error(
         "outbox table {table} changed while streaming: it has no column {column:?} any more; \
          nothing after the change was acknowledged. Restore the column or set source.{setting}, \
          then restart"
@@ -109,6 +114,11 @@ pub enum PostgresError {
          (postgres://user:p%40ss@host/db)"
     )]
     UrlAt,
+    #[error(
+        "{what} was refused: this relay no longer holds the pipeline lock (its lock session \
+         ended), so another relay may lead the pipeline; this one stands by"
+    )]
+    LockLost { what: &'static str },
     #[error("undecodable replication data")]
     Decode {
         #[source]
@@ -127,6 +137,8 @@ impl PostgresError {
             PostgresError::ConnectTimeout { .. }
             | PostgresError::Timeout { .. }
             | PostgresError::SlotInUse { .. }
+            | PostgresError::LockLost { .. }
+            | PostgresError::StreamStalled { .. }
             | PostgresError::StreamEnded => Retry::Transient,
             PostgresError::Replication { source, .. } => classify_replication(source),
             PostgresError::Url { .. }

@@ -107,7 +107,16 @@ impl PollSource {
         }
         let fields: Vec<&str> = table.field_columns().collect();
         let id_index = fields.iter().position(|c| *c == table.id_column).expect("checked");
-        let select = select_list(&table, &fields);
+        // A SQL_ASCII database stores any bytes and the server refuses to send a value that
+        // is not UTF-8 as text to a UTF-8 client: such text is read as its bytes instead.
+        let encoding: String = session
+            .timed(
+                "reading the server encoding",
+                session.client().query_one("select current_setting('server_encoding')", &[]),
+            )
+            .await?
+            .get(0);
+        let select = select_list(&table, &fields, encoding == "SQL_ASCII");
         let from = table.name.quoted();
         let seq = quote_ident(SEQ_COLUMN);
         let unpublished = if mark {
@@ -372,16 +381,25 @@ impl Source for PollSource {
     }
 }
 
-/// `seq, payload, field1::text, ...` for `o`.
-fn select_list(table: &OutboxTable, fields: &[&str]) -> String {
-    let payload = quote_ident(&table.payload_column);
+/// `seq, payload, field1::text, ...` for `o`; with `raw_text`, text as its bytes
+/// (`convert_to(..., 'SQL_ASCII')`: no conversion, so nothing to refuse).
+fn select_list(table: &OutboxTable, fields: &[&str], raw_text: bool) -> String {
+    let text = |column: &str| {
+        let column = quote_ident(column);
+        if raw_text {
+            format!("convert_to(o.{column}::text, 'SQL_ASCII')")
+        } else {
+            format!("o.{column}::text")
+        }
+    };
     let mut list = format!("o.{}, ", quote_ident(SEQ_COLUMN));
     match table.payload_kind {
-        PayloadKind::Binary => list.push_str(&format!("o.{payload}")),
-        PayloadKind::Json | PayloadKind::Text => list.push_str(&format!("o.{payload}::text")),
+        PayloadKind::Binary => list.push_str(&format!("o.{}", quote_ident(&table.payload_column))),
+        PayloadKind::Json | PayloadKind::Text => list.push_str(&text(&table.payload_column)),
     }
     for field in fields {
-        list.push_str(&format!(", o.{}::text", quote_ident(field)));
+        list.push_str(", ");
+        list.push_str(&text(field));
     }
     list
 }

@@ -9,7 +9,8 @@ use tokio_postgres::types::{FromSql, Type};
 
 /// A text value as the server's bytes, in whatever encoding the database uses: a `String`
 /// would refuse (and `Row::get` panic on) anything that is not UTF-8, as in a `SQL_ASCII`
-/// database.
+/// database. Read from a text column, or as bytea (`convert_to(...)`) where the server would
+/// refuse to send the text.
 pub(crate) struct RawText(pub(crate) Vec<u8>);
 
 impl<'a> FromSql<'a> for RawText {
@@ -18,7 +19,7 @@ impl<'a> FromSql<'a> for RawText {
     }
 
     fn accepts(ty: &Type) -> bool {
-        <&str as FromSql>::accepts(ty)
+        <&str as FromSql>::accepts(ty) || *ty == Type::BYTEA
     }
 }
 

@@ -37,7 +37,7 @@ use tokio_postgres::Statement;
 pub use pgoutput::DecodeError;
 pub use slot::{
     check_publication, check_slot, check_wal_level, emit_heartbeat, ensure_publication,
-    ensure_slot, status_interval, SlotState,
+    ensure_slot, sender_timeout, status_interval, SlotState,
 };
 
 use crate::text::{bytea_from_text, check_text_payload, text_or_hex};
@@ -89,6 +89,8 @@ pub struct WalOptions {
     pub after_publish: WalAfterPublish,
     /// Standby status period (see [`status_interval`]).
     pub status_interval: Duration,
+    /// The server's `wal_sender_timeout` (see [`sender_timeout`]).
+    pub sender_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     pub application_name: String,
 }
@@ -115,6 +117,11 @@ pub struct WalSource {
     progress: Progress,
     peeked: Option<Event>,
     next_heartbeat: Option<Instant>,
+    /// With heartbeats, a healthy stream delivers something (the heartbeat, at least) within
+    /// this long while the relay waits for it; silence means a half-open connection.
+    stall_after: Option<Duration>,
+    /// Since when the relay has waited for an event and none came.
+    quiet_since: Option<Instant>,
     /// `after_publish = delete`: ids of emitted table rows, and the statement that deletes them.
     to_delete: VecDeque<(Position, String)>,
     delete: Option<Statement>,
@@ -156,6 +163,8 @@ impl WalSource {
         let stream = ReplicationStream::open(url, &stream_options).await?;
         tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, "streaming changes");
         let next_heartbeat = options.heartbeat_interval.map(|every| Instant::now() + every);
+        let stall_after =
+            options.heartbeat_interval.map(|every| stall_timeout(every, options.sender_timeout));
         Ok(Self {
             stream: Some(stream),
             session,
@@ -165,6 +174,8 @@ impl WalSource {
             progress: Progress::new(slot.confirmed_flush),
             peeked: None,
             next_heartbeat,
+            stall_after,
+            quiet_since: None,
             to_delete: VecDeque::new(),
             delete,
         })
@@ -361,10 +372,19 @@ impl Source for WalSource {
             return Ok(());
         }
         let heartbeat_at = self.next_heartbeat;
+        let quiet_since = *self.quiet_since.get_or_insert_with(Instant::now);
+        let stalled_at = self.stall_after.map(|after| quiet_since + after);
         tokio::select! {
-            event = self.stream().recv() => self.peeked = Some(event?),
+            event = self.stream().recv() => {
+                self.peeked = Some(event?);
+                self.quiet_since = None;
+            }
             () = tokio::time::sleep_until(heartbeat_at.unwrap_or_else(Instant::now)), if heartbeat_at.is_some() => {
                 self.heartbeat().await?;
+            }
+            () = tokio::time::sleep_until(stalled_at.unwrap_or_else(Instant::now)), if stalled_at.is_some() => {
+                let silent = quiet_since.elapsed();
+                return Err(PostgresError::StreamStalled { silent }.into());
             }
         }
         Ok(())
@@ -404,6 +424,14 @@ impl Source for WalSource {
         }
         Ok(())
     }
+}
+
+/// How long a stream may stay silent while the relay waits on it, with a heartbeat every
+/// `heartbeat`: a few heartbeats, but no longer than the server itself waits
+/// (`wal_sender_timeout`, 60 s by default) unless that is under three heartbeats.
+fn stall_timeout(heartbeat: Duration, sender_timeout: Option<Duration>) -> Duration {
+    let heartbeats = heartbeat.saturating_mul(3);
+    sender_timeout.map_or(heartbeats.max(Duration::from_secs(60)), |server| server.max(heartbeats))
 }
 
 /// An entry from an outbox row (its position is set by [`WalSource::emit`]). Nothing is dropped:

@@ -161,8 +161,9 @@ pub async fn check_slot(session: &Session, slot: &str) -> Result<SlotState, Post
     Ok(SlotState { confirmed_flush })
 }
 
-/// `min(1 s, wal_sender_timeout / 2)`: how often standby status must reach the server.
-pub async fn status_interval(session: &Session) -> Result<Duration, PostgresError> {
+/// The server's `wal_sender_timeout` (`None` if disabled): it ends a replication connection
+/// that stays silent that long.
+pub async fn sender_timeout(session: &Session) -> Result<Option<Duration>, PostgresError> {
     let row = session
         .timed(
             "reading wal_sender_timeout",
@@ -173,12 +174,16 @@ pub async fn status_interval(session: &Session) -> Result<Duration, PostgresErro
         )
         .await?;
     let timeout_ms: i64 = row.get(0);
+    Ok(u64::try_from(timeout_ms).ok().filter(|ms| *ms > 0).map(Duration::from_millis))
+}
+
+/// The standby status period: `min(1 s, wal_sender_timeout / 2)`, at least 100 ms.
+pub fn status_interval(sender_timeout: Option<Duration>) -> Duration {
     let second = Duration::from_secs(1);
-    Ok(if timeout_ms <= 0 {
-        second
-    } else {
-        second.min(Duration::from_millis(timeout_ms as u64 / 2)).max(Duration::from_millis(100))
-    })
+    match sender_timeout {
+        None => second,
+        Some(timeout) => second.min(timeout / 2).max(Duration::from_millis(100)),
+    }
 }
 
 /// Creates the publication (inserts only) for `table`, or adds the table to it. Returns what was

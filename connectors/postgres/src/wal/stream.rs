@@ -100,8 +100,11 @@ impl ReplicationStream {
         .with_application_name(&options.application_name);
 
         let what = "starting logical replication";
-        let mut client = ReplicationClient::connect(wire)
+        let connecting =
+            tokio::time::timeout(options.connect_timeout, ReplicationClient::connect(wire));
+        let mut client = connecting
             .await
+            .map_err(|_| PostgresError::Timeout { what, after: options.connect_timeout })?
             .map_err(|source| PostgresError::Replication { what, source })?;
         match tokio::time::timeout(options.connect_timeout, client.wait_started()).await {
             Ok(Ok(())) => Ok(Self { client }),

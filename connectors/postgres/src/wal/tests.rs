@@ -108,3 +108,20 @@ fn raw_messages_are_passed_through() {
     assert_eq!(entry.id, "lsn:0/5");
     assert!(entry.defect.is_none());
 }
+
+#[test]
+fn a_silent_stream_is_given_up_within_the_servers_own_timeout() {
+    let (ten, sixty) = (Duration::from_secs(10), Duration::from_secs(60));
+    assert_eq!(stall_timeout(ten, Some(sixty)), sixty, "three heartbeats fit in 60 s");
+    assert_eq!(stall_timeout(Duration::from_secs(30), Some(sixty)), Duration::from_secs(90));
+    assert_eq!(stall_timeout(ten, None), sixty, "no server timeout: 60 s");
+    assert_eq!(stall_timeout(ten, Some(Duration::from_secs(5))), Duration::from_secs(30));
+}
+
+#[test]
+fn status_goes_out_at_least_twice_per_sender_timeout() {
+    assert_eq!(status_interval(Some(Duration::from_secs(60))), Duration::from_secs(1));
+    assert_eq!(status_interval(Some(Duration::from_secs(1))), Duration::from_millis(500));
+    assert_eq!(status_interval(Some(Duration::from_millis(50))), Duration::from_millis(100));
+    assert_eq!(status_interval(None), Duration::from_secs(1));
+}

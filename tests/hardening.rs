@@ -1,0 +1,405 @@
+//! Operator mistakes and hostile data: each is stopped loudly or set aside with its content,
+//! never dropped, never a crash.
+
+mod support;
+
+use std::time::Duration;
+
+use support::kafka::{create_topic, read_all, Record};
+use support::pg::{connect, count, fresh_database};
+use support::rabbit::{drain, topology};
+use support::relay::{command, migrate, Relay};
+use support::{services, unique, wait_for};
+use tokio_postgres::Client;
+
+/// A config: `source` and `sink` are TOML sections, `extra` goes at the end.
+fn config(db: &str, prefix: &str, source: &str, sink: &str, extra: &str) -> String {
+    format!(
+        r#"
+[postgres]
+url = "{db}"
+[pipeline]
+on_poison = "dead-letter"
+retry_max_backoff = "1s"
+{source}
+{sink}
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+{extra}
+"#
+    )
+}
+
+fn wal(slot: &str) -> String {
+    format!("[source]\nmode = \"wal\"\nslot = \"{slot}\"\nheartbeat_interval = \"1s\"\n")
+}
+
+fn kafka() -> String {
+    format!(
+        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\nmetadata_timeout = \"2s\"\n",
+        services().kafka
+    )
+}
+
+/// RabbitMQ with a direct exchange `<prefix>.order` and a queue `<prefix>` bound by `key`.
+fn rabbitmq(prefix: &str, key: &str) -> String {
+    format!(
+        "[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}",
+        services().amqp,
+        topology(prefix, "direct", &[prefix], key)
+    )
+}
+
+async fn drop_slot(slot: &str) {
+    let admin = connect(&services().pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+}
+
+/// Emits an outbox envelope for key `k` as a logical message.
+async fn emit(client: &Client, envelope: &str) {
+    client
+        .execute("select pg_logical_emit_message(true, 'outbox', $1)", &[&envelope])
+        .await
+        .unwrap();
+}
+
+async fn dead_letters(client: &Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "select entry_id, reason from outbox_relay.dead_letters where redriven_at is null \
+             order by seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn wait_dead_letters(client: &Client, n: i64) {
+    wait_for(&format!("{n} dead letter(s)"), Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox_relay.dead_letters").await >= n
+    })
+    .await;
+}
+
+async fn records(topic: &str) -> Vec<Record> {
+    read_all(&services().kafka, topic).await.into_iter().flatten().collect()
+}
+
+const FORGED: [&str; 3] = [
+    r#"{"id": "forged-1", "aggregatetype": "order", "aggregateid": "k", "type": "T", "payload": {}, "headers": {"outbox-position": "wal:0/0:0"}}"#,
+    r#"{"id": "forged-2", "aggregatetype": "order", "aggregateid": "k", "type": "T", "payload": {}, "headers": {"ID": "someone-else"}}"#,
+    r#"{"id": "forged-3", "aggregatetype": "order", "aggregateid": "k", "type": "T", "payload": {}, "headers": {"Outbox-Redelivered": "false"}}"#,
+];
+const HONEST: &str = r#"{"id": "honest", "aggregatetype": "order", "aggregateid": "j", "type": "T", "payload": {}, "headers": {"tenant": "acme"}}"#;
+
+async fn forged_headers_are_set_aside(sink: &str, prefix: &str, slot: &str, db: &str) -> Client {
+    let config = config(db, prefix, &wal(slot), sink, "key = \"${aggregateid}\"");
+    // A route header cannot claim a reserved name either.
+    let bad = format!("{config}[route.headers]\n\"outbox-pipeline\" = \"${{type}}\"\n");
+    let out = command(&bad, &["check"]).await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("\"outbox-pipeline\" is reserved"), "{out:?}");
+
+    migrate(&config).await;
+    let client = connect(db).await;
+    for forged in FORGED {
+        emit(&client, forged).await;
+    }
+    emit(&client, HONEST).await;
+    let mut relay = Relay::spawn(&config);
+    wait_dead_letters(&client, 3).await;
+    let letters = dead_letters(&client).await;
+    let ids: Vec<&str> = letters.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["forged-1", "forged-2", "forged-3"]);
+    assert!(letters.iter().all(|(_, reason)| reason.contains("which is reserved")), "{letters:?}");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    drop_slot(slot).await;
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_forging_the_relays_own_are_poison_on_kafka() {
+    let db = fresh_database("forged_kafka").await;
+    let (slot, prefix) = (unique("slot"), unique("forgedk"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    forged_headers_are_set_aside(&kafka(), &prefix, &slot, &db).await;
+    let got = records(&topic).await;
+    assert_eq!(got.len(), 1, "only the honest message is published: {got:?}");
+    assert_eq!(got[0].header("id"), Some("honest"));
+    assert_eq!(got[0].header("tenant"), Some("acme"));
+    assert_eq!(got[0].headers.iter().filter(|(n, _)| n == "outbox-position").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_forging_the_relays_own_are_poison_on_rabbitmq() {
+    let db = fresh_database("forged_amqp").await;
+    let (slot, prefix) = (unique("slot"), unique("forgedr"));
+    forged_headers_are_set_aside(&rabbitmq(&prefix, "j"), &prefix, &slot, &db).await;
+    let got = drain(&services().amqp, &prefix).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].message_id.as_deref(), Some("honest"));
+    assert_eq!(got[0].header("tenant"), Some("acme"));
+    assert!(!got[0].marked(), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_transactional_outbox_message_halts_naming_it() {
+    let db = fresh_database("nontx").await;
+    let (slot, prefix) = (unique("slot"), unique("nontx"));
+    create_topic(&services().kafka, &format!("{prefix}.order"), 1).await;
+    let config = config(&db, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .execute("select pg_logical_emit_message(false, 'outbox', $1)", &[&HONEST])
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let status = relay.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{}", relay.log());
+    let log = relay.log();
+    assert!(
+        log.contains("halted on poison message: entry \"honest\"")
+            && log.contains("emitted with transactional = false"),
+        "{log}"
+    );
+    drop_slot(&slot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_that_filters_the_outbox_is_refused() {
+    let db = fresh_database("pubfilter").await;
+    let (slot, prefix) = (unique("slot"), unique("pubf"));
+    let config = config(&db, &prefix, &wal(&slot), &kafka(), "");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    for (filter, problem) in [
+        ("outbox where (aggregatetype <> 'secret')", "has a row filter (WHERE)"),
+        ("outbox (id, aggregatetype, aggregateid, type, created_at)", "has a column list"),
+    ] {
+        client
+            .batch_execute(&format!("alter publication outbox_relay set table {filter}"))
+            .await
+            .unwrap();
+        for subcommand in ["run", "migrate"] {
+            let out = command(&config, &[subcommand]).await;
+            assert_eq!(out.status.code(), Some(1), "{subcommand}: {out:?}");
+            assert!(
+                out.stderr
+                    .contains(&format!("publication \"outbox_relay\" {problem} for public.outbox"))
+                    && out
+                        .stderr
+                        .contains("alter publication outbox_relay set table public.outbox"),
+                "{subcommand}: {}",
+                out.stderr
+            );
+        }
+        let out = command(&config, &["check"]).await;
+        assert!(!out.status.success() && out.stdout.contains(problem), "{out:?}");
+    }
+    drop_slot(&slot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_refuses_a_seq_stamp_it_cannot_prove_gap_free() {
+    let db = fresh_database("seqstamp").await;
+    let prefix = unique("seqstamp");
+    let config = config(&db, &prefix, "", &kafka(), "");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), 'order', 'k', 'T', '{}'); \
+             create function touch() returns trigger language plpgsql as \
+             $$ begin new.seq := new.seq + 1; return new; end $$",
+        )
+        .await
+        .unwrap();
+    let cases = [
+        ("alter sequence outbox_seq cache 10", "has CACHE 10", "alter sequence outbox_seq cache 1"),
+        (
+            "create trigger zz_touch before insert on outbox for each row execute function touch()",
+            "trigger \"zz_touch\" is a BEFORE INSERT row trigger",
+            "drop trigger zz_touch on outbox",
+        ),
+        (
+            "alter table outbox enable replica trigger outbox_relay_stamp_seq",
+            "fires only in replica sessions",
+            "alter table outbox enable trigger outbox_relay_stamp_seq",
+        ),
+        (
+            "alter sequence outbox_seq increment by -1",
+            "has INCREMENT -1",
+            "alter sequence outbox_seq increment by 1",
+        ),
+    ];
+    for (break_it, problem, repair) in cases {
+        client.batch_execute(break_it).await.unwrap();
+        let out = command(&config, &["run"]).await;
+        assert_eq!(out.status.code(), Some(1), "{break_it}: {out:?}");
+        assert!(
+            out.stderr.contains("polling public.outbox cannot prove it skips nothing")
+                && out.stderr.contains(problem),
+            "{break_it}: {}",
+            out.stderr
+        );
+        let out = command(&config, &["check"]).await;
+        assert!(!out.status.success() && out.stdout.contains(problem), "{break_it}: {out:?}");
+        client.batch_execute(repair).await.unwrap();
+    }
+    assert_eq!(count(&client, "select count(*) from outbox").await, 1, "nothing was consumed");
+    let out = command(&config, &["check"]).await;
+    assert!(!out.stdout.contains("cannot prove"), "repaired: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytea_payloads_arrive_intact_with_bytea_output_escape() {
+    let db = fresh_database("escape").await;
+    let (slot, prefix) = (unique("slot"), unique("escape"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = config(&db, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let name = db.rsplit('/').next().unwrap();
+    client
+        .batch_execute(&format!(
+            "alter table outbox alter column payload type bytea using convert_to(payload::text, 'UTF8'); \
+             alter database \"{name}\" set bytea_output = 'escape'"
+        ))
+        .await
+        .unwrap();
+    let payloads: [&[u8]; 4] = [
+        b"plain text",
+        b"back\\slash \\\\ and \\x41",
+        &[0, 1, 0x7f, 0x80, 0xff, b'\\'],
+        "é ✓".as_bytes(),
+    ];
+    for payload in payloads {
+        client
+            .execute(
+                "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                 values (gen_random_uuid(), 'order', 'k', 'T', $1)",
+                &[&payload],
+            )
+            .await
+            .unwrap();
+    }
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    wait_for("the outbox to drain", Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let got: Vec<Vec<u8>> = records(&topic).await.into_iter().map(|r| r.payload.unwrap()).collect();
+    let want: Vec<Vec<u8>> = payloads.iter().map(|p| p.to_vec()).collect();
+    assert_eq!(got, want);
+    // Sessions of this database get the escape format (its walsender reads the same settings).
+    let shown: String =
+        connect(&db).await.query_one("show bytea_output", &[]).await.unwrap().get(0);
+    assert_eq!(shown, "escape");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+    drop_slot(&slot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_outbox_table_is_followed_and_one_left_out_of_the_publication_halts() {
+    let db = fresh_database("recreated").await;
+    let (slot, prefix) = (unique("slot"), unique("recreated"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = config(&db, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                  values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
+    client.execute(insert, &[]).await.unwrap();
+    let mut relay = Relay::spawn(&config);
+    let topic_ref = &topic;
+    wait_for("the first entry", Duration::from_secs(60), || async move {
+        records(topic_ref).await.len() == 1
+    })
+    .await;
+
+    // Dropped and re-created (a new OID), in one transaction with re-adding it.
+    client
+        .batch_execute(
+            "begin; \
+             create table outbox_new (like outbox including all); \
+             drop table outbox; \
+             alter table outbox_new rename to outbox; \
+             alter publication outbox_relay add table outbox; \
+             commit",
+        )
+        .await
+        .unwrap();
+    client.execute(insert, &[]).await.unwrap();
+    client.execute(insert, &[]).await.unwrap();
+    wait_for("the entries of the new table", Duration::from_secs(60), || async move {
+        records(topic_ref).await.len() == 3
+    })
+    .await;
+    assert!(relay.log().contains("the outbox table was re-created"), "{}", relay.log());
+
+    // Left out of the publication: its inserts would never arrive. The next heartbeat halts.
+    client.batch_execute("alter publication outbox_relay drop table outbox").await.unwrap();
+    client.execute(insert, &[]).await.unwrap();
+    let status = relay.wait(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{}", relay.log());
+    assert!(relay.log().contains("does not publish inserts into public.outbox"), "{}", relay.log());
+    assert_eq!(count(&client, "select count(*) from outbox").await, 1, "the row stays");
+    drop_slot(&slot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_is_set_aside_as_hex_not_a_crash() {
+    let admin = connect(&services().pg).await;
+    let name = unique("t_sqlascii");
+    admin
+        .batch_execute(&format!(
+            "create database \"{name}\" encoding 'SQL_ASCII' lc_collate 'C' lc_ctype 'C' \
+             template template0"
+        ))
+        .await
+        .unwrap();
+    let db = format!("{}/{name}", services().pg.rsplit_once('/').unwrap().0);
+    let prefix = unique("sqlascii");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = config(&db, &prefix, "", &kafka(), "key = \"${aggregateid}\"");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values \
+             (gen_random_uuid(), 'order', E'caf\\xe9', 'T', '{}'), \
+             (gen_random_uuid(), 'order', 'good', 'T', '{}')",
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    wait_for("the outbox to drain", Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let got = records(&topic).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].key.as_deref(), Some("good"));
+    let row = client
+        .query_one("select reason, fields->>'aggregateid' from outbox_relay.dead_letters", &[])
+        .await
+        .unwrap();
+    let (reason, kept): (String, String) = (row.get(0), row.get(1));
+    assert!(reason.contains("column \"aggregateid\" is not valid UTF-8"), "{reason}");
+    assert_eq!(kept, "\\x636166e9", "kept losslessly as hex");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
