@@ -403,3 +403,53 @@ async fn text_that_is_not_utf8_is_set_aside_as_hex_not_a_crash() {
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(30)).await.success());
 }
+
+/// A replication connection that silently stops delivering (no FIN, no RST: a dead NAT entry,
+/// a cable pulled somewhere) is given up within the server's `wal_sender_timeout` and opened
+/// again; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_replication_connection_is_reopened() {
+    let db = fresh_database("halfopen").await;
+    let name = db.rsplit('/').next().unwrap().to_owned();
+    let server = services().pg.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let proxy = support::proxy::Proxy::start(&server).await;
+    let via_proxy = format!("postgres://postgres@{}/{name}", proxy.address());
+    let (slot, prefix) = (unique("slot"), unique("halfopen"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config =
+        config(&via_proxy, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(&format!("alter database \"{name}\" set wal_sender_timeout = '5s'"))
+        .await
+        .unwrap();
+    let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                  values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
+    client.execute(insert, &[]).await.unwrap();
+    let mut relay = Relay::spawn(&config);
+    let topic_ref = &topic;
+    wait_for("the first entry", Duration::from_secs(60), || async move {
+        records(topic_ref).await.len() == 1
+    })
+    .await;
+
+    assert_eq!(proxy.freeze_replication(), 1, "one replication connection");
+    for _ in 0..4 {
+        client.execute(insert, &[]).await.unwrap();
+    }
+    wait_for("the entries after the freeze", Duration::from_secs(60), || async move {
+        records(topic_ref).await.len() == 5
+    })
+    .await;
+    assert!(
+        relay.log().contains("the replication stream delivered nothing for"),
+        "{}",
+        relay.log()
+    );
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    drop(proxy);
+    drop_slot(&slot).await;
+}
