@@ -603,4 +603,6 @@ fn envelope(content: &[u8]) -> Result<Envelope, String> {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
