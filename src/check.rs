@@ -160,7 +160,7 @@ async fn check_wal(session: &Session, config: &Config, table: &OutboxTable, repo
         Err(error) => report.fail("replication limits", chain(&error)),
     }
     let publication = &config.source.publication;
-    match wal::check_publication(session, publication, Some(&table.name)).await {
+    match wal::check_publication(session, publication, Some(&table.name), Some(table.oid)).await {
         Ok(()) => report
             .pass("publication", format!("{publication:?} publishes inserts into {}", table.name)),
         Err(error) => report.fail("publication", chain(&error)),

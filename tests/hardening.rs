@@ -340,6 +340,8 @@ async fn a_recreated_outbox_table_is_followed_and_one_left_out_of_the_publicatio
         )
         .await
         .unwrap();
+    // Heartbeats check the publication before the relay has seen the new OID: found by name.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     client.execute(insert, &[]).await.unwrap();
     client.execute(insert, &[]).await.unwrap();
     wait_for("the entries of the new table", Duration::from_secs(60), || async move {
@@ -413,7 +415,8 @@ async fn a_half_open_replication_connection_is_reopened() {
     let name = db.rsplit('/').next().unwrap().to_owned();
     let server = services().pg.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
     let proxy = support::proxy::Proxy::start(&server).await;
-    let via_proxy = format!("postgres://postgres@{}/{name}", proxy.address());
+    // Plaintext, so the proxy can tell the replication connection by its startup message.
+    let via_proxy = format!("postgres://postgres@{}/{name}?sslmode=disable", proxy.address());
     let (slot, prefix) = (unique("slot"), unique("halfopen"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
@@ -452,4 +455,185 @@ async fn a_half_open_replication_connection_is_reopened() {
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
     drop(proxy);
     drop_slot(&slot).await;
+}
+
+/// A CA with its key, writing the certificates it signs into `dir`.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    dir: std::path::PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        TestCa { params, key, dir: dir.to_owned() }
+    }
+
+    /// Writes `<file>.crt` and `<file>.key`: a certificate for `names` (the first also its
+    /// common name); returns their paths.
+    fn issue(&self, file: &str, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names[0].as_str());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (crt, pem) =
+            (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem, key.serialize_pem()).unwrap();
+        (crt.display().to_string(), pem.display().to_string())
+    }
+}
+
+/// TLS to Postgres, for queries and the replication stream, against the test server with
+/// `ssl = on`, a CA made here, and a role that may only connect over TLS with a client
+/// certificate. Other tests are unaffected: their default `sslmode=prefer` now encrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_verifies_the_server_and_presents_a_client_certificate() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = std::env::temp_dir().join(unique("pgtls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, wrong) = (TestCa::new(&dir, "ca"), TestCa::new(&dir, "wrong-ca"));
+    let (server_crt, server_key) = ca.issue("server", &["localhost"]);
+    let (client_crt, client_key) = ca.issue("client", &["relay_tls"]);
+    let ca_crt = dir.join("ca.crt").display().to_string();
+    let wrong_crt = dir.join("wrong-ca.crt").display().to_string();
+    drop(wrong);
+
+    // The server's key must be the server user's own, readable by it alone.
+    let admin = connect(&services().pg).await;
+    let data = services().pg_data;
+    let owner = std::fs::metadata(&data).unwrap();
+    let (uid, gid) =
+        (std::os::unix::fs::MetadataExt::uid(&owner), std::os::unix::fs::MetadataExt::gid(&owner));
+    for (from, to) in [
+        (&server_crt, "outbox_test_server.crt"),
+        (&server_key, "outbox_test_server.key"),
+        (&ca_crt, "outbox_test_ca.crt"),
+    ] {
+        let target = data.join(to);
+        std::fs::copy(from, &target).unwrap();
+        chown(&target, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let hba: String = admin.query_one("show hba_file", &[]).await.unwrap().get(0);
+    let rules = "hostssl all relay_tls 127.0.0.1/32 trust clientcert=verify-full\n\
+                 hostssl replication relay_tls 127.0.0.1/32 trust clientcert=verify-full\n\
+                 host all relay_tls 127.0.0.1/32 reject\n\
+                 host replication relay_tls 127.0.0.1/32 reject\n";
+    let current = std::fs::read_to_string(&hba).unwrap();
+    if !current.contains("relay_tls") {
+        std::fs::write(&hba, format!("{rules}{current}")).unwrap();
+    }
+    let data_dir = data.display();
+    for statement in [
+        format!("alter system set ssl_cert_file = '{data_dir}/outbox_test_server.crt'"),
+        format!("alter system set ssl_key_file = '{data_dir}/outbox_test_server.key'"),
+        format!("alter system set ssl_ca_file = '{data_dir}/outbox_test_ca.crt'"),
+        "alter system set ssl = on".into(),
+        "select pg_reload_conf()".into(),
+        "do $$ begin create role relay_tls login superuser replication; \
+         exception when duplicate_object then null; end $$"
+            .into(),
+    ] {
+        admin.batch_execute(&statement).await.unwrap();
+    }
+    let ssl_on = || async {
+        connect(&services().pg).await.query_one("show ssl", &[]).await.unwrap().get::<_, String>(0)
+            == "on"
+    };
+    wait_for("ssl = on", Duration::from_secs(10), ssl_on).await;
+
+    let db = fresh_database("tls").await;
+    let name = db.rsplit('/').next().unwrap().to_owned();
+    let port = services().pg.rsplit_once(':').unwrap().1.split('/').next().unwrap().to_owned();
+    let url =
+        |host: &str, params: &str| format!("postgres://relay_tls@{host}:{port}/{name}?{params}");
+    let client_cert = format!("sslcert={client_crt}&sslkey={client_key}");
+    let (slot, prefix) = (unique("slot"), unique("tls"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let with_url = |url: String| {
+        config(&url, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt")
+    };
+
+    // Refused: a server certificate from another CA; the right CA but no client certificate;
+    // verify-full to an address the certificate does not name.
+    for (params, host, why) in [
+        (
+            format!("sslmode=verify-full&sslrootcert={wrong_crt}&{client_cert}"),
+            "localhost",
+            "UnknownIssuer",
+        ),
+        (format!("sslmode=verify-full&sslrootcert={ca_crt}"), "localhost", "certificate"),
+        (
+            format!("sslmode=verify-full&sslrootcert={ca_crt}&{client_cert}"),
+            "127.0.0.1",
+            "certificate not valid for name",
+        ),
+        ("sslmode=disable".to_string(), "localhost", "rejects connection"),
+    ] {
+        let out = command(&with_url(url(host, &params)), &["migrate"]).await;
+        assert_eq!(out.status.code(), Some(1), "{params}: {out:?}");
+        assert!(out.stderr.contains(why), "{params} must fail with {why}: {}", out.stderr);
+    }
+
+    // verify-ca accepts the address the certificate does not name; verify-full the name.
+    let out = command(
+        &with_url(url(
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={ca_crt}&{client_cert}"),
+        )),
+        &["migrate"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let config = with_url(url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca_crt}&{client_cert}"),
+    ));
+    let client = connect(&db).await;
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), 'order', 'k', 'T', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let topic_ref = &topic;
+    wait_for(
+        "the entry, through the TLS replication stream",
+        Duration::from_secs(60),
+        || async move { records(topic_ref).await.len() == 1 },
+    )
+    .await;
+    let sessions = admin
+        .query(
+            "select a.backend_type, s.ssl, coalesce(s.client_dn, '') from pg_stat_activity a \
+             join pg_stat_ssl s using (pid) where a.usename = 'relay_tls' and a.datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<String> = sessions.iter().map(|r| r.get(0)).collect();
+    assert!(kinds.iter().any(|k| k == "walsender"), "{kinds:?}");
+    for row in &sessions {
+        assert!(row.get::<_, bool>(1), "every session of the relay is encrypted: {kinds:?}");
+        assert!(row.get::<_, String>(2).contains("relay_tls"), "with the client certificate");
+    }
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    drop_slot(&slot).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

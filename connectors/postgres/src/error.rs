@@ -119,6 +119,8 @@ pub enum PostgresError {
          ended), so another relay may lead the pipeline; this one stands by"
     )]
     LockLost { what: &'static str },
+    #[error("TLS to PostgreSQL: {0}")]
+    Tls(String),
     #[error("undecodable replication data")]
     Decode {
         #[source]
@@ -157,6 +159,7 @@ impl PostgresError {
             | PostgresError::SeqStamping { .. }
             | PostgresError::PublicationFilters { .. }
             | PostgresError::UrlAt
+            | PostgresError::Tls(_)
             | PostgresError::OutboxChanged { .. }
             | PostgresError::UnknownPosition { .. } => Retry::Fatal,
         }

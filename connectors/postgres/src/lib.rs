@@ -11,6 +11,7 @@ mod poll;
 mod session;
 mod table;
 mod text;
+pub mod tls;
 pub mod wal;
 
 pub use error::PostgresError;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::tls::{SslMode, TlsSettings};
 use crate::PostgresError;
 
 /// Deadlines and identity for a session.
@@ -47,7 +49,7 @@ pub struct Session {
 impl Session {
     /// Connects to `url` (a libpq-style URL or key=value string).
     pub async fn connect(url: &str, options: &SessionOptions) -> Result<Self, PostgresError> {
-        let mut config = parse_url(url)?;
+        let (mut config, tls) = parse_url(url)?;
         if config.get_application_name().is_none() {
             config.application_name(&options.application_name);
         }
@@ -58,8 +60,16 @@ impl Session {
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         config.tcp_user_timeout(options.query_timeout);
         let target = describe(&config);
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        let connector = MakeRustlsConnect::new(crate::tls::client_config(&tls)?);
 
-        let connecting = config.connect(NoTls);
+        let connecting = config.connect(connector);
         let (client, mut connection) = tokio::time::timeout(options.connect_timeout, connecting)
             .await
             .map_err(|_| PostgresError::ConnectTimeout {
@@ -89,13 +99,47 @@ impl Session {
             wake.notify_one();
         });
 
-        Ok(Self {
+        let session = Self {
             client,
             notified,
             target,
             query_timeout: options.query_timeout,
             _driver: AbortOnDropHandle::new(driver),
-        })
+        };
+        session.warn_if_plaintext(&config, tls.mode).await;
+        Ok(session)
+    }
+
+    /// Warns (once per process) when this connection crosses a network unencrypted.
+    async fn warn_if_plaintext(&self, config: &Config, mode: SslMode) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio_postgres::config::Host;
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let remote = config.get_hosts().iter().any(|host| match host {
+            Host::Tcp(name) => !crate::tls::is_local(name),
+            #[cfg(unix)]
+            Host::Unix(_) => false,
+        });
+        if !remote || WARNED.load(Ordering::Relaxed) {
+            return;
+        }
+        let encrypted = match mode {
+            SslMode::Disable => false,
+            SslMode::Prefer => {
+                let ssl = "select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false)";
+                let row = self
+                    .timed("checking the connection's encryption", self.client.query_one(ssl, &[]));
+                row.await.map_or(true, |row| row.get(0))
+            }
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => true,
+        };
+        if !encrypted && !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target = %self.target,
+                "the connection to PostgreSQL is not encrypted: add sslmode=verify-full and \
+                 sslrootcert=<the server's CA> to postgres.url"
+            );
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -141,9 +185,11 @@ impl Session {
 
 /// Parses a libpq-style URL or key=value string. A raw `@` in the password splits the URL at
 /// that `@`: the password's tail would become the host, and show in every connection error.
-pub(crate) fn parse_url(url: &str) -> Result<Config, PostgresError> {
+/// The TLS parameters, which tokio-postgres only partly knows, come apart ([`crate::tls`]).
+pub(crate) fn parse_url(url: &str) -> Result<(Config, TlsSettings), PostgresError> {
     use tokio_postgres::config::Host;
-    let config = Config::from_str(url).map_err(|source| PostgresError::Url { source })?;
+    let (url, tls) = crate::tls::split(url)?;
+    let config = Config::from_str(&url).map_err(|source| PostgresError::Url { source })?;
     let split = config.get_hosts().iter().any(|host| match host {
         Host::Tcp(name) => name.contains('@'),
         #[cfg(unix)]
@@ -152,7 +198,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Config, PostgresError> {
     if split {
         return Err(PostgresError::UrlAt);
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// `host:port/database` of a config, never its password.

@@ -137,7 +137,9 @@ impl WalSource {
         options: WalOptions,
     ) -> Result<Self, PostgresError> {
         check_wal_level(&session).await?;
-        check_publication(&session, &options.publication, table.as_ref().map(|t| &t.name)).await?;
+        let name = table.as_ref().map(|t| &t.name);
+        check_publication(&session, &options.publication, name, table.as_ref().map(|t| t.oid))
+            .await?;
         let slot = check_slot(&session, &options.slot).await?;
         let delete = match (&table, options.after_publish) {
             (Some(table), WalAfterPublish::Delete) => {
@@ -338,8 +340,9 @@ impl WalSource {
         if let Some(every) = self.options.heartbeat_interval {
             // Rescheduled first: `ready` may be dropped mid-query, and a repeat is not needed.
             self.next_heartbeat = Some(Instant::now() + every);
-            let table = self.table.as_ref().map(|t| &t.name);
-            check_publication(&self.session, &self.options.publication, table).await?;
+            let (name, oid) =
+                (self.table.as_ref().map(|t| &t.name), self.table.as_ref().map(|t| t.oid));
+            check_publication(&self.session, &self.options.publication, name, oid).await?;
             emit_heartbeat(&self.session, &self.options.heartbeat_prefix).await?;
         }
         Ok(())

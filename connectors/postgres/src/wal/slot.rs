@@ -27,11 +27,15 @@ pub async fn check_wal_level(session: &Session) -> Result<(), PostgresError> {
     Ok(())
 }
 
-/// The publication exists and publishes inserts of `table` (when there is an outbox table).
+/// The publication exists and publishes inserts of `table` (when there is an outbox table),
+/// unfiltered. The table is recognised by name or, given its `oid`, as that relation (so a
+/// renamed outbox, still followed by OID, is found under its new name; a re-created one under
+/// the old name).
 pub async fn check_publication(
     session: &Session,
     publication: &str,
     table: Option<&TableName>,
+    oid: Option<u32>,
 ) -> Result<(), PostgresError> {
     let row = session
         .timed(
@@ -51,9 +55,11 @@ pub async fn check_publication(
         .timed(
             "reading the publication's tables",
             session.client().query_opt(
-                "select 1 from pg_publication_tables \
-                 where pubname = $1 and schemaname = $2 and tablename = $3",
-                &[&publication, &table.schema, &table.name],
+                "select 1 from pg_publication_tables t where t.pubname = $1 \
+                 and ((t.schemaname = $2 and t.tablename = $3) \
+                      or format('%I.%I', t.schemaname, t.tablename)::regclass = $4::oid) \
+                 limit 1",
+                &[&publication, &table.schema, &table.name, &oid],
             ),
         )
         .await?
@@ -64,7 +70,7 @@ pub async fn check_publication(
             table: table.to_string(),
         });
     }
-    check_publication_filters(session, publication, table).await
+    check_publication_filters(session, publication, table, oid).await
 }
 
 /// PostgreSQL 15+ lets a publication filter rows (`where ...`) and columns: rows it filters
@@ -73,6 +79,7 @@ async fn check_publication_filters(
     session: &Session,
     publication: &str,
     table: &TableName,
+    oid: Option<u32>,
 ) -> Result<(), PostgresError> {
     let version: i32 = session
         .timed(
@@ -89,15 +96,15 @@ async fn check_publication_filters(
     let row = session
         .timed(
             "reading the publication's filters",
-            session.client().query_opt(
-                "select pr.prqual is not null, pr.prattrs is not null \
+            session.client().query_one(
+                "select coalesce(bool_or(pr.prqual is not null), false), \
+                        coalesce(bool_or(pr.prattrs is not null), false) \
                  from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid \
-                 where p.pubname = $1 and pr.prrelid = to_regclass($2)",
-                &[&publication, &table.quoted()],
+                 where p.pubname = $1 and (pr.prrelid = to_regclass($2) or pr.prrelid = $3::oid)",
+                &[&publication, &table.quoted(), &oid],
             ),
         )
         .await?;
-    let Some(row) = row else { return Ok(()) };
     let (rows_filtered, columns_listed): (bool, bool) = (row.get(0), row.get(1));
     let problem = match (rows_filtered, columns_listed) {
         (false, false) => return Ok(()),
@@ -210,7 +217,7 @@ pub async fn ensure_publication(
         return Ok(Some(format!("created publication {publication}")));
     }
     let Some(table) = table else { return Ok(None) };
-    match check_publication(session, publication, Some(table)).await {
+    match check_publication(session, publication, Some(table), None).await {
         Ok(()) => return Ok(None),
         Err(PostgresError::PublicationLacksTable { .. }) => {}
         // A filter is the operator's choice to undo, not migrate's.

@@ -14,9 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use outbox_relay_core::Lsn;
-use pgwire_replication::{
-    Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
-};
+use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio_postgres::config::Host;
 
 use crate::PostgresError;
@@ -68,7 +66,7 @@ impl std::fmt::Debug for ReplicationStream {
 impl ReplicationStream {
     /// Connects, authenticates and starts streaming from `options.start`.
     pub(crate) async fn open(url: &str, options: &StreamOptions) -> Result<Self, PostgresError> {
-        let config = crate::session::parse_url(url)?;
+        let (config, tls) = crate::session::parse_url(url)?;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             Some(Host::Unix(path)) => path.display().to_string(),
@@ -90,7 +88,7 @@ impl ReplicationStream {
             options.publication.as_str(),
         )
         .with_port(port)
-        .with_tls(TlsConfig::disabled())
+        .with_tls(crate::tls::replication(&tls))
         .with_start_lsn(WireLsn(options.start.0))
         // A newer flush position goes out within FLUSH_REPORT_EVERY; while idle, status goes out
         // every status_interval.
