@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -286,6 +286,15 @@ pub(crate) struct RabbitConfig {
     pub(crate) max_message_bytes: usize,
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub(crate) connect_timeout: Duration,
+    /// With an `amqps://` URL: a PEM file of CA certificates the broker's certificate must
+    /// chain to (besides the Mozilla roots).
+    #[serde(default)]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// With an `amqps://` URL: a client certificate (PEM) and its PKCS#8 key (PEM), together.
+    #[serde(default)]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) tls_key_file: Option<PathBuf>,
     /// Exchanges to declare on connect.
     #[serde(default)]
     pub(crate) exchanges: Vec<ExchangeConfig>,
@@ -519,6 +528,15 @@ impl Config {
             SinkConfig::Rabbitmq(rabbit) => {
                 if !(1..=64).contains(&rabbit.lanes) {
                     return Err("sink.lanes must be between 1 and 64".into());
+                }
+                if rabbit.tls_cert_file.is_some() != rabbit.tls_key_file.is_some() {
+                    return Err("sink.tls_cert_file and sink.tls_key_file go together".into());
+                }
+                let tls = rabbit.tls_ca_file.is_some() || rabbit.tls_cert_file.is_some();
+                if tls && !rabbit.url.expose().starts_with("amqps://") {
+                    return Err("sink.tls_ca_file, tls_cert_file and tls_key_file need an \
+                                amqps:// sink.url"
+                        .into());
                 }
             }
         }

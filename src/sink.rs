@@ -50,6 +50,10 @@ impl AnySink {
                     max_message_bytes: rabbit.max_message_bytes,
                     connect_timeout: rabbit.connect_timeout,
                     topology: topology(rabbit).map_err(invalid)?,
+                    tls: outbox_relay_rabbitmq::TlsFiles {
+                        ca: rabbit.tls_ca_file.clone(),
+                        identity: rabbit.tls_cert_file.clone().zip(rabbit.tls_key_file.clone()),
+                    },
                 };
                 outbox_relay_rabbitmq::RabbitSink::new(options)
                     .map(AnySink::Rabbit)

@@ -457,43 +457,6 @@ async fn a_half_open_replication_connection_is_reopened() {
     drop_slot(&slot).await;
 }
 
-/// A CA with its key, writing the certificates it signs into `dir`.
-struct TestCa {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    dir: std::path::PathBuf,
-}
-
-impl TestCa {
-    fn new(dir: &std::path::Path, name: &str) -> TestCa {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.key_usages =
-            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
-        TestCa { params, key, dir: dir.to_owned() }
-    }
-
-    /// Writes `<file>.crt` and `<file>.key`: a certificate for `names` (the first also its
-    /// common name); returns their paths.
-    fn issue(&self, file: &str, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, names[0].as_str());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let (crt, pem) =
-            (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
-        std::fs::write(&crt, cert.pem()).unwrap();
-        std::fs::write(&pem, key.serialize_pem()).unwrap();
-        (crt.display().to_string(), pem.display().to_string())
-    }
-}
-
 /// TLS to Postgres, for queries and the replication stream, against the test server with
 /// `ssl = on`, a CA made here, and a role that may only connect over TLS with a client
 /// certificate. Other tests are unaffected: their default `sslmode=prefer` now encrypts.
@@ -502,7 +465,8 @@ async fn postgres_tls_verifies_the_server_and_presents_a_client_certificate() {
     use std::os::unix::fs::{chown, PermissionsExt};
     let dir = std::env::temp_dir().join(unique("pgtls"));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca, wrong) = (TestCa::new(&dir, "ca"), TestCa::new(&dir, "wrong-ca"));
+    let (ca, wrong) =
+        (support::tls::TestCa::new(&dir, "ca"), support::tls::TestCa::new(&dir, "wrong-ca"));
     let (server_crt, server_key) = ca.issue("server", &["localhost"]);
     let (client_crt, client_key) = ca.issue("client", &["relay_tls"]);
     let ca_crt = dir.join("ca.crt").display().to_string();
@@ -636,4 +600,90 @@ async fn postgres_tls_verifies_the_server_and_presents_a_client_certificate() {
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
     drop_slot(&slot).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RabbitMQ over TLS (`amqps://`) to a node whose certificate comes from a CA of the test's
+/// own and which requires a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_tls_with_a_custom_ca_and_a_client_certificate() {
+    let tls_port = support::free_port();
+    let mut dir = None;
+    let node = support::brokers::RabbitNode::start_with(|path| {
+        dir = Some(path.to_owned());
+        let ca = support::tls::TestCa::new(path, "ca");
+        let (crt, key) = ca.issue("server", &["localhost", "127.0.0.1"]);
+        ca.issue("client", &["relay"]);
+        format!(
+            "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {crt}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n",
+            path.join("ca.crt").display()
+        )
+    })
+    .await;
+    let dir = dir.unwrap();
+    wait_for("the TLS listener", Duration::from_secs(60), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.is_ok()
+    })
+    .await;
+
+    let db = fresh_database("amqps").await;
+    let prefix = unique("amqps");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let sink = |tls: &str| {
+        format!(
+            "[sink]\nkind = \"rabbitmq\"\nurl = \"amqps://guest:guest@localhost:{tls_port}/%2f\"\n\
+             connect_timeout = \"5s\"\n{tls}{}",
+            topology(&prefix, "direct", &[&prefix], "k")
+        )
+    };
+    let with = |tls: &str| config(&db, &prefix, "", &sink(tls), "key = \"${aggregateid}\"");
+    let ca = format!("tls_ca_file = \"{}\"\n", file("ca.crt"));
+    let identity = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        file("client.crt"),
+        file("client.key")
+    );
+    let out =
+        command(&with(&format!("tls_cert_file = \"{}\"\n", file("client.crt"))), &["check"]).await;
+    assert!(out.stderr.contains("sink.tls_cert_file and sink.tls_key_file go together"), "{out:?}");
+    let out =
+        command(&with(&format!("tls_ca_file = \"{}/none.crt\"\n", dir.display())), &["check"])
+            .await;
+    assert!(
+        !out.status.success() && format!("{out:?}").contains("cannot read sink.tls_ca_file"),
+        "{out:?}"
+    );
+
+    migrate(&with(&format!("{ca}{identity}"))).await;
+    // Refused: the broker's CA unknown to the relay; no client certificate for the broker.
+    for (tls, why) in [(identity.clone(), "UnknownIssuer"), (ca.clone(), "[FAIL] rabbitmq")] {
+        let out = command(&with(&tls), &["check"]).await;
+        assert!(!out.status.success(), "{tls}: {out:?}");
+        assert!(format!("{}{}", out.stdout, out.stderr).contains(why), "{tls}: {out:?}");
+    }
+
+    let config = with(&format!("{ca}{identity}"));
+    let client = connect(&db).await;
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), 'order', 'k', 'T', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    wait_for("the outbox to drain over TLS", Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let got = drain(&node.url(), &prefix).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
 }

@@ -166,12 +166,19 @@ pub struct RabbitNode {
 
 impl RabbitNode {
     pub async fn start() -> RabbitNode {
+        Self::start_with(|_| String::new()).await
+    }
+
+    /// With more `rabbitmq.conf` lines, written by `extra` given the node's directory (where
+    /// files the node reads, certificates say, go).
+    pub async fn start_with(extra: impl FnOnce(&std::path::Path) -> String) -> RabbitNode {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("rabbit-node"));
         std::fs::create_dir_all(&dir).unwrap();
+        let extra = extra(&dir);
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n{extra}"),
         )
         .unwrap();
         std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_consistent_hash_exchange].\n")

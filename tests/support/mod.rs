@@ -10,6 +10,7 @@ pub mod pg;
 pub mod proxy;
 pub mod rabbit;
 pub mod relay;
+pub mod tls;
 pub mod workload;
 
 use std::path::PathBuf;

@@ -72,6 +72,13 @@ pub enum RabbitSinkError {
     Nacked { id: String },
     #[error("RabbitMQ channel of lane {lane} is closed")]
     ChannelClosed { lane: usize },
+    #[error("cannot read sink.{what} {path}")]
+    TlsFile {
+        what: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the connection to RabbitMQ at {target} was lost")]
     ConnectionLost { target: String },
     #[error(
@@ -91,7 +98,7 @@ pub enum RabbitSinkError {
 impl RabbitSinkError {
     pub fn retry(&self) -> Retry {
         match self {
-            RabbitSinkError::Url { .. } => Retry::Fatal,
+            RabbitSinkError::Url { .. } | RabbitSinkError::TlsFile { .. } => Retry::Fatal,
             RabbitSinkError::Topology { source, .. } => classify_topology(source),
             RabbitSinkError::TooLarge { .. }
             | RabbitSinkError::HeadersTooLarge { .. }

@@ -14,5 +14,5 @@ mod sink;
 mod topology;
 
 pub use error::RabbitSinkError;
-pub use sink::{RabbitOptions, RabbitSink};
+pub use sink::{RabbitOptions, RabbitSink, TlsFiles};
 pub use topology::{ArgValue, BindingSpec, ExchangeSpec, QueueSpec, Topology};

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::uri::AMQPUri;
 use lapin::{
@@ -35,6 +36,48 @@ pub struct RabbitOptions {
     /// Deadline for connecting and for each declaration.
     pub connect_timeout: Duration,
     pub topology: Topology,
+    /// For `amqps://`: a CA and a client identity beyond the defaults.
+    pub tls: TlsFiles,
+}
+
+/// PEM files for TLS (`amqps://`): CA certificates the broker's certificate may chain to (the
+/// Mozilla roots are trusted too), and a client certificate with its PKCS#8 key.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Reads the files (once, at start: a missing file is a configuration error).
+    fn load(&self) -> Result<OwnedTLSConfig, RabbitSinkError> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| RabbitSinkError::TlsFile {
+                what: what.into(),
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let cert_chain = match &self.ca {
+            Some(path) => {
+                let pem = read("tls_ca_file", path)?;
+                Some(String::from_utf8(pem).map_err(|_| RabbitSinkError::TlsFile {
+                    what: "tls_ca_file".into(),
+                    path: path.display().to_string(),
+                    source: std::io::Error::other("not PEM text"),
+                })?)
+            }
+            None => None,
+        };
+        let identity = match &self.identity {
+            Some((cert, key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read("tls_cert_file", cert)?,
+                key: read("tls_key_file", key)?,
+            }),
+            None => None,
+        };
+        Ok(OwnedTLSConfig { identity, cert_chain })
+    }
 }
 
 impl std::fmt::Debug for RabbitOptions {
@@ -49,6 +92,7 @@ impl std::fmt::Debug for RabbitOptions {
 
 pub struct RabbitSink {
     options: RabbitOptions,
+    tls: OwnedTLSConfig,
     target: String,
     connected: Option<Connected>,
     /// A connection given up on while a publish was being written: its frames may still be
@@ -81,8 +125,10 @@ impl RabbitSink {
             AMQPUri::from_str(&options.url).map_err(|reason| RabbitSinkError::Url { reason })?;
         let target =
             format!("{}:{} (vhost {:?})", uri.authority.host, uri.authority.port, uri.vhost);
+        let tls = options.tls.load()?;
         Ok(Self {
             options: RabbitOptions { lanes: options.lanes.max(1), ..options },
+            tls,
             target,
             connected: None,
             abandoned: None,
@@ -149,17 +195,25 @@ impl RabbitSink {
         let target = self.target.clone();
         let properties =
             ConnectionProperties::default().with_connection_name("outbox-relay".into());
-        let connection =
-            tokio::time::timeout(timeout, Connection::connect(&self.options.url, properties))
-                .await
-                .map_err(|_| RabbitSinkError::ConnectTimeout {
-                    target: target.clone(),
-                    after: timeout,
-                })?
-                .map_err(|source| RabbitSinkError::Connect {
-                    target: target.clone(),
-                    source: Box::new(source),
-                })?;
+        let runtime = lapin::runtime::default_runtime().map_err(|source| {
+            RabbitSinkError::Connect { target: target.clone(), source: Box::new(source) }
+        })?;
+        let connecting = Connection::connect_with_config(
+            &self.options.url,
+            properties,
+            self.tls.clone(),
+            runtime,
+        );
+        let connection = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| RabbitSinkError::ConnectTimeout {
+                target: target.clone(),
+                after: timeout,
+            })?
+            .map_err(|source| RabbitSinkError::Connect {
+                target: target.clone(),
+                source: Box::new(source),
+            })?;
         let within = |what: &str| RabbitSinkError::Timeout { what: what.into(), after: timeout };
         let setup = open_channel(&connection, timeout, &target).await?;
         tokio::time::timeout(timeout, self.options.topology.declare(&setup))
@@ -454,6 +508,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(1),
             topology: Topology::default(),
+            tls: TlsFiles::default(),
         };
         for url in [
             "amqp://app:s3cr@t-tail@localhost:5672/%2f",
