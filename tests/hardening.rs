@@ -687,3 +687,63 @@ async fn rabbitmq_tls_with_a_custom_ca_and_a_client_certificate() {
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
 }
+
+/// Kafka over TLS through `[sink.properties]` (librdkafka's `security.protocol` and `ssl.*`),
+/// to a listener that requires a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_tls_properties_pass_through_to_a_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new(dir.path(), "ca");
+    let wrong = support::tls::TestCa::new(dir.path(), "wrong-ca");
+    drop(wrong);
+    let (server_crt, server_key) = ca.issue("server", &["127.0.0.1", "localhost"]);
+    let (client_crt, client_key) = ca.issue("client", &["relay"]);
+    let keystore = dir.path().join("server.pem");
+    let pem = std::fs::read_to_string(&server_key).unwrap()
+        + &std::fs::read_to_string(&server_crt).unwrap();
+    std::fs::write(&keystore, pem).unwrap();
+    let ca_crt = dir.path().join("ca.crt");
+    let tls_port = support::free_port();
+    let kafka = support::brokers::KafkaCluster::single_with_tls(tls_port, &keystore, &ca_crt).await;
+    let prefix = unique("kafkatls");
+    let topic = format!("{prefix}.order");
+    create_topic(&kafka.brokers(), &topic, 1).await;
+
+    let db = fresh_database("kafkatls").await;
+    let sink = |trusted: &std::path::Path| {
+        format!(
+            "[sink]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:{tls_port}\"\nmetadata_timeout = \"5s\"\n\
+             [sink.properties]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n\
+             \"ssl.certificate.location\" = \"{client_crt}\"\n\"ssl.key.location\" = \"{client_key}\"\n",
+            trusted.display()
+        )
+    };
+    let config = config(&db, &prefix, "", &sink(&ca_crt), "").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let wrong_ca = config.replace(
+        &ca_crt.display().to_string(),
+        &dir.path().join("wrong-ca.crt").display().to_string(),
+    );
+    let out = command(&wrong_ca, &["check"]).await;
+    assert!(!out.status.success() && out.stdout.contains("[FAIL] kafka"), "{out:?}");
+
+    let client = connect(&db).await;
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), 'order', 'k', 'T', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    wait_for("the outbox to drain over TLS", Duration::from_secs(60), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let got: Vec<Record> = read_all(&kafka.brokers(), &topic).await.into_iter().flatten().collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+}

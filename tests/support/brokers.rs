@@ -40,7 +40,39 @@ impl KafkaCluster {
         Self::start(3).await
     }
 
+    /// One node with a second listener, TLS on `tls_port`, requiring a client certificate:
+    /// its key and certificate chain in `keystore` (PEM, key first), the CAs it trusts in
+    /// `truststore` (PEM). The plain listener stays for the test's own clients.
+    pub async fn single_with_tls(
+        tls_port: u16,
+        keystore: &std::path::Path,
+        truststore: &std::path::Path,
+    ) -> KafkaCluster {
+        let tls = |properties: String, port: u16| {
+            let plain = format!("PLAINTEXT://127.0.0.1:{port}");
+            let both = format!("{plain},SSL://127.0.0.1:{tls_port}");
+            let properties = properties
+                .replace(&format!("listeners={plain}"), &format!("listeners={both}"))
+                .replace(
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,",
+                );
+            format!(
+                "{properties}\nssl.keystore.type=PEM\nssl.keystore.location={}\n\
+                 ssl.truststore.type=PEM\nssl.truststore.location={}\nssl.client.auth=required\n",
+                keystore.display(),
+                truststore.display()
+            )
+        };
+        Self::start_with(1, tls).await
+    }
+
     async fn start(count: u32) -> KafkaCluster {
+        Self::start_with(count, |properties, _| properties).await
+    }
+
+    /// `count` nodes; `adapt` may change a node's properties (given its plain port).
+    async fn start_with(count: u32, adapt: impl Fn(String, u16) -> String) -> KafkaCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
         let voters: Vec<String> =
@@ -57,6 +89,7 @@ impl KafkaCluster {
                 .replace("@VOTERS@", &voters.join(","))
                 .replace("@DATA@", &dir.path().join(format!("node-{id}")).display().to_string())
                 .replace("@RF@", &count.to_string());
+            let properties = adapt(properties, port);
             let file = dir.path().join(format!("node-{id}.properties"));
             std::fs::write(&file, properties).unwrap();
             let file = file.display().to_string();
