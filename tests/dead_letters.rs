@@ -485,3 +485,68 @@ async fn with_continue_a_key_flows_after_its_dead_letter_also_after_a_restart() 
     let admin = connect(&services().pg).await;
     let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
 }
+
+/// An entry an earlier run may have sent (at or below the recorded `max_sent`) that is then set
+/// aside: its redrive goes out marked, since a consumer may have it already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_an_earlier_run_may_have_sent_is_redriven_marked() {
+    let db = fresh_database("dlq_replay").await;
+    let prefix = unique("dlqreplay");
+    let config = format!(
+        r#"
+[postgres]
+url = "{db}"
+[pipeline]
+on_poison = "dead-letter"
+retry_max_backoff = "1s"
+[sink]
+kind = "rabbitmq"
+url = "{amqp}"
+{topology}
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"#,
+        topology = topology(&prefix, "direct", &[&prefix], "a"),
+        amqp = services().amqp
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let sent = row(&client, "order", "a", "{}").await;
+    let lost = row(&client, "order", "b", "{}").await; // no binding for "b": unroutable
+                                                       // As a run that crashed after sending both would have left it.
+    client
+        .execute(
+            "insert into outbox_relay.pipelines (name, source, max_sent) \
+             values ('default', 'poll', 'poll:' || (select max(seq) from outbox))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    drained(client).await;
+    let got = drain(&services().amqp, &prefix).await;
+    assert_eq!(got.iter().map(|d| d.message_id.clone().unwrap()).collect::<Vec<_>>(), [sent]);
+    assert!(got[0].marked(), "a possible replay is marked: {got:?}");
+
+    let connection = support::rabbit::connect(&services().amqp).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_bind(
+            prefix.as_str().into(),
+            format!("{prefix}.order").as_str().into(),
+            "b".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let out = command(&config, &["dlq", "redrive", "--all"]).await;
+    assert!(out.status.success() && out.stdout.contains("delivered 1 dead letter(s)"), "{out:?}");
+    let got = drain(&services().amqp, &prefix).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].message_id.as_ref(), Some(&lost));
+    assert!(got[0].marked(), "the redrive of a possible replay is marked: {got:?}");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success());
+}
