@@ -747,3 +747,39 @@ async fn kafka_tls_properties_pass_through_to_a_tls_listener() {
     relay.terminate();
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
 }
+
+/// Large payloads: what is read ahead is bounded in bytes, not only in entries. 240 entries of
+/// 2 MB (480 MB) wait in the outbox; with the defaults (batches of 1 000 entries, 64 MiB in
+/// flight) the relay holds a few batches of at most 16 MiB each, not the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_are_read_in_bounded_memory() {
+    let db = fresh_database("large").await;
+    let prefix = unique("large");
+    let config = config(&db, &prefix, "", &rabbitmq(&prefix, "k"), "key = \"${aggregateid}\"")
+        .replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), 'order', 'k', 'T', \
+                    jsonb_build_object('n', i, 'blob', repeat(md5(i::text), 62500)) \
+             from generate_series(1, 240) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    wait_for("480 MB to drain", Duration::from_secs(180), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let peak_kib = relay.peak_rss_kib();
+    println!("240 × 2 MB entries: peak relay RSS {} MiB", peak_kib / 1024);
+    assert_eq!(support::rabbit::ready(&services().amqp, &prefix).await, 240);
+    assert!(peak_kib < 320 * 1024, "peak RSS {peak_kib} KiB is over 320 MiB");
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    support::rabbit::drain(&services().amqp, &prefix).await;
+}

@@ -136,11 +136,21 @@ async fn mark_mode_keeps_published_rows_until_their_retention_ends() {
 /// More late rows than one read takes: the rest are read on the next polls, none skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_transaction_larger_than_a_batch_is_read_in_full() {
+    late_transaction_case("batch_size = 10").await;
+}
+
+/// The same with batches cut by bytes: a quarter of `max_in_flight_bytes`, a few rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_transaction_larger_than_a_batch_in_bytes_is_read_in_full() {
+    late_transaction_case("[pipeline]\nmax_in_flight_bytes = 2000").await;
+}
+
+async fn late_transaction_case(settings: &str) {
     let db = fresh_database("late_big").await;
     let prefix = unique("latebig");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &prefix, "batch_size = 10");
+    let config = config(&db, &prefix, settings);
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
 

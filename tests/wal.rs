@@ -326,7 +326,7 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
     })
     .await;
     let elapsed = started.elapsed();
-    let peak_kib = peak_rss_kib(relay.pid());
+    let peak_kib = relay.peak_rss_kib();
     let records = read_all(&services().kafka, &topic).await;
     let total: usize = records.iter().map(Vec::len).sum();
     assert_eq!(total, ROWS, "every row delivered once");
@@ -347,16 +347,6 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
         peak_kib / 1024
     );
     assert!(peak_kib < 256 * 1024, "peak RSS {peak_kib} KiB is over 256 MiB");
-}
-
-/// VmHWM: the process's peak resident set.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@
 //!   sent after the failure was seen.
 //! - **Bounded**: at most `max_in_flight` messages and `max_in_flight_bytes` bytes are held
 //!   (one oversized message may pass alone); the source reads ahead by at most three batches
-//!   (one being sent, one in the channel, one in the feed's hand).
+//!   (one being sent, one in the channel, one in the feed's hand), each of at most
+//!   `batch_size` entries and a quarter of `max_in_flight_bytes`.
 //! - **Redrives in the stream**: dead letters asked for by `dlq redrive` are delivered when
 //!   nothing is in flight, before anything read after them ([`redrive`]).
 //!
@@ -226,7 +227,7 @@ where
         source,
         batches_tx,
         ack_rx,
-        settings.batch_size,
+        BatchLimit { entries: settings.batch_size, bytes: batch_bytes(settings) },
         settings.ack_interval,
         stop_reading.clone(),
     )));
@@ -685,13 +686,26 @@ async fn feed<S: Source>(
     mut source: S,
     batches: mpsc::Sender<Vec<Entry>>,
     acks: watch::Receiver<Option<Position>>,
-    batch_size: usize,
+    limit: BatchLimit,
     ack_interval: Duration,
     stop_reading: CancellationToken,
 ) -> (S, Result<(), ConnectorError>) {
-    let result =
-        read_and_ack(&mut source, batches, acks, batch_size, ack_interval, stop_reading).await;
+    let result = read_and_ack(&mut source, batches, acks, limit, ack_interval, stop_reading).await;
     (source, result)
+}
+
+/// How much one batch may hold.
+#[derive(Clone, Copy, Debug)]
+struct BatchLimit {
+    entries: usize,
+    bytes: usize,
+}
+
+/// A batch holds at most a quarter of `max_in_flight_bytes`: the three batches read ahead (one
+/// being sent, one in the channel, one in the feed's hand) stay below the in-flight budget, also
+/// with large payloads.
+fn batch_bytes(settings: &Settings) -> usize {
+    (settings.max_in_flight_bytes / 4).max(1)
 }
 
 /// Reads batches while the main loop takes them, and applies the latest acknowledged position
@@ -701,7 +715,7 @@ async fn read_and_ack<S: Source>(
     source: &mut S,
     batches: mpsc::Sender<Vec<Entry>>,
     mut acks: watch::Receiver<Option<Position>>,
-    batch_size: usize,
+    limit: BatchLimit,
     ack_interval: Duration,
     stop_reading: CancellationToken,
 ) -> Result<(), ConnectorError> {
@@ -735,7 +749,7 @@ async fn read_and_ack<S: Source>(
             }
             ready = source.ready(), if reading && batch.is_none() => {
                 ready?;
-                let read = source.next_batch(batch_size).await?;
+                let read = source.next_batch(limit.entries, limit.bytes).await?;
                 if !read.is_empty() {
                     batch = Some(read);
                 }

@@ -78,6 +78,16 @@ impl Relay {
         self.child.as_ref().and_then(Child::id).expect("running")
     }
 
+    /// VmHWM: the process's peak resident set, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("relay.log")
     }

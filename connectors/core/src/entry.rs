@@ -81,6 +81,15 @@ pub struct Entry {
     pub defect: Option<String>,
 }
 
+impl Entry {
+    /// Bytes this entry holds (payload, columns, headers, id), for bounding what is read ahead.
+    pub fn size(&self) -> usize {
+        let fields: usize = self.fields.values().iter().flatten().map(String::len).sum();
+        let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        self.payload.as_ref().map_or(0, Bytes::len) + fields + headers + self.id.len()
+    }
+}
+
 /// A message header; values are text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {

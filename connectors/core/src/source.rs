@@ -18,10 +18,13 @@ pub trait Source: Send {
     /// Must be cancel-safe: the engine drops it to serve acknowledgements.
     fn ready(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send;
 
-    /// Up to `max` entries; empty when nothing new was committed.
+    /// Up to `max` entries, and no more once they hold `max_bytes` ([`Entry::size`]; the entry
+    /// that crosses it is the last, so one entry larger than `max_bytes` still comes); empty
+    /// when nothing new was committed. What is held while reading is bounded the same way.
     fn next_batch(
         &mut self,
         max: usize,
+        max_bytes: usize,
     ) -> impl Future<Output = Result<Vec<Entry>, ConnectorError>> + Send;
 
     /// See the trait docs.

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use outbox_relay_core::{ConnectorError, Entry, Fields, PayloadKind, Position, Source};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
 use crate::holes::Holes;
@@ -191,7 +193,7 @@ impl PollSource {
         self.holes.ranges()
     }
 
-    async fn read(&mut self, max: usize) -> Result<Vec<Entry>, PostgresError> {
+    async fn read(&mut self, max: usize, max_bytes: usize) -> Result<Vec<Entry>, PostgresError> {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         let client = self.session.client();
         // One REPEATABLE READ transaction: the xmin and both reads see the same snapshot, which
@@ -210,16 +212,18 @@ impl PollSource {
 
         let mut rows = Vec::new();
         let mut late_cut = false;
+        let mut late_bytes = 0;
         if !self.holes.is_empty() {
             let (lo, hi) = self.holes.bounds();
-            let late = self
+            let (late, cut, bytes) = self
                 .session
                 .timed(
                     "re-reading skipped outbox rows",
-                    client.query(&self.statements.late, &[&lo, &hi, &limit]),
+                    bounded_rows(client, &self.statements.late, &[&lo, &hi, &limit], max_bytes),
                 )
                 .await?;
-            late_cut = late.len() as i64 >= limit;
+            late_cut = cut || late.len() as i64 >= limit;
+            late_bytes = bytes;
             for row in &late {
                 self.holes.fill(row.get(0));
             }
@@ -241,14 +245,15 @@ impl PollSource {
         // precede them in commit order.
         let mut fresh_cut = false;
         if !late_cut {
-            let fresh = self
+            let budget = max_bytes.saturating_sub(late_bytes).max(1);
+            let (fresh, cut, _) = self
                 .session
                 .timed(
                     "reading outbox rows",
-                    client.query(&self.statements.fresh, &[&self.cursor, &limit]),
+                    bounded_rows(client, &self.statements.fresh, &[&self.cursor, &limit], budget),
                 )
                 .await?;
-            fresh_cut = fresh.len() as i64 >= limit;
+            fresh_cut = cut || fresh.len() as i64 >= limit;
             let seqs: Vec<i64> = fresh.iter().map(|r| r.get(0)).collect();
             self.cursor = self.holes.record_read(self.cursor, &seqs);
             rows.extend(fresh);
@@ -372,12 +377,57 @@ impl Source for PollSource {
         Ok(())
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>, ConnectorError> {
-        Ok(self.read(max).await?)
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, ConnectorError> {
+        Ok(self.read(max, max_bytes).await?)
     }
 
     async fn ack(&mut self, upto: Position) -> Result<(), ConnectorError> {
         Ok(self.acknowledge(upto).await?)
+    }
+}
+
+/// The rows of `statement` in order until they hold `max_bytes` (the row that crosses it is
+/// the last); whether that cut them short, and their bytes. The rows not taken are dropped as
+/// they arrive, never held.
+async fn bounded_rows(
+    client: &tokio_postgres::Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    max_bytes: usize,
+) -> Result<(Vec<Row>, bool, usize), tokio_postgres::Error> {
+    let stream = client.query_raw(statement, params.iter().map(|p| *p as &dyn ToSql)).await?;
+    futures::pin_mut!(stream);
+    let (mut rows, mut bytes) = (Vec::new(), 0);
+    while let Some(row) = stream.next().await {
+        let row = row?;
+        bytes += (0..row.len())
+            .map(|i| row.get::<_, Option<RawSize>>(i).map_or(0, |size| size.0))
+            .sum::<usize>();
+        rows.push(row);
+        if bytes >= max_bytes {
+            return Ok((rows, true, bytes));
+        }
+    }
+    Ok((rows, false, bytes))
+}
+
+/// The size of a value as sent, whatever its type.
+struct RawSize(usize);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawSize {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(raw.len()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
     }
 }
 

@@ -393,16 +393,24 @@ impl Source for WalSource {
         Ok(())
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>, ConnectorError> {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, ConnectorError> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         if let Some(event) = self.peeked.take() {
             self.handle(event, &mut out)?;
+            bytes = out.iter().map(Entry::size).sum();
         }
-        while out.len() < max {
+        while out.len() < max && bytes < max_bytes {
+            let before = out.len();
             match self.stream().try_recv() {
                 Some(event) => self.handle(event?, &mut out)?,
                 None => break,
             }
+            bytes += out[before..].iter().map(Entry::size).sum::<usize>();
         }
         Ok(out)
     }
