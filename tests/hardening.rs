@@ -783,3 +783,53 @@ async fn large_payloads_are_read_in_bounded_memory() {
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
     support::rabbit::drain(&services().amqp, &prefix).await;
 }
+
+/// A server that turned read-only (a primary demoted in a failover, say) is waited for, not a
+/// reason to halt: the relay's sessions ask for a read-write server and try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_turned_read_only_is_waited_for() {
+    let db = fresh_database("readonly").await;
+    let name = db.rsplit('/').next().unwrap().to_owned();
+    let prefix = unique("readonly");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = config(&db, &prefix, "", &kafka(), "").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                  select gen_random_uuid(), 'order', 'k', 'T', '{}' from generate_series(1, 3)";
+    client.execute(insert, &[]).await.unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    let drained = || async move { count(client, "select count(*) from outbox").await == 0 };
+    wait_for("the first rows", Duration::from_secs(60), drained).await;
+
+    // New sessions of this database are read-only; the relay's are cut.
+    let admin = connect(&services().pg).await;
+    admin
+        .batch_execute(&format!("alter database \"{name}\" set default_transaction_read_only = on"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where datname = $1 and application_name like 'outbox-relay%'",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    client.execute(insert, &[]).await.unwrap(); // this session predates the change
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(relay.running(), "a read-only server is waited for:\n{}", relay.log());
+    assert!(relay.log().contains("starting again"), "it noticed:\n{}", relay.log());
+    assert_eq!(count(client, "select count(*) from outbox").await, 3);
+
+    admin
+        .batch_execute(&format!("alter database \"{name}\" reset default_transaction_read_only"))
+        .await
+        .unwrap();
+    wait_for("the rows written meanwhile", Duration::from_secs(60), drained).await;
+    assert_eq!(records(&topic).await.len(), 6);
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+}
