@@ -501,6 +501,17 @@ mod tests {
     }
 
     #[test]
+    fn the_size_limit_counts_what_is_sent_not_the_kept_columns() {
+        let mut message = message(vec![Header { name: Arc::from("type"), value: "T".into() }]);
+        let names: Arc<[Arc<str>]> = vec![Arc::from("big")].into();
+        message.fields = Fields::new(names, vec![Some("x".repeat(10_000))]);
+        assert_eq!(message.wire_size(), "orders".len() + 1 + 2 + "type".len() + 1);
+        assert!(validate(&message, 100).is_ok(), "columns not sent do not count");
+        message.payload = Some(bytes::Bytes::from(vec![b'x'; 200]));
+        assert!(matches!(validate(&message, 100), Err(RabbitSinkError::TooLarge { .. })));
+    }
+
+    #[test]
     fn a_raw_at_in_the_password_stays_out_of_the_target() {
         let options = |url: &str| RabbitOptions {
             url: url.into(),
