@@ -35,6 +35,52 @@ topic = "{prefix}.${{aggregatetype}}"
     )
 }
 
+/// RabbitMQ, dead letters: a direct exchange `<prefix>.order` whose queue `<prefix>` is bound
+/// by routing key `a` only.
+fn rabbit_config(db: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[postgres]
+url = "{db}"
+[pipeline]
+on_poison = "dead-letter"
+retry_max_backoff = "1s"
+[sink]
+kind = "rabbitmq"
+url = "{amqp}"
+{topology}
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"#,
+        topology = topology(prefix, "direct", &[prefix], "a"),
+        amqp = services().amqp
+    )
+}
+
+/// Binds queue `<prefix>` to exchange `<prefix>.order` by `routing_key` too.
+async fn bind(prefix: &str, routing_key: &str) {
+    let connection = support::rabbit::connect(&services().amqp).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_bind(
+            prefix.into(),
+            format!("{prefix}.order").as_str().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// SIGTERM (the relay must stop cleanly), then the test's slot goes.
+async fn stop_and_drop_slot(mut relay: Relay, slot: &str) {
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    let admin = connect(&services().pg).await;
+    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+}
+
 /// Inserts one row per call (in order); returns its id.
 async fn row(client: &Client, aggregatetype: &str, key: &str, payload: &str) -> String {
     client
@@ -180,23 +226,7 @@ async fn with_wait_later_entries_of_the_key_are_held_and_redriven_in_order() {
 async fn an_unroutable_message_is_set_aside_and_redriven_once_a_queue_is_bound() {
     let db = fresh_database("dlq_amqp").await;
     let prefix = unique("dlqamqp");
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-on_poison = "dead-letter"
-retry_max_backoff = "1s"
-[sink]
-kind = "rabbitmq"
-url = "{amqp}"
-{topology}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        topology = topology(&prefix, "direct", &[&prefix], "a"),
-        amqp = services().amqp
-    );
+    let config = rabbit_config(&db, &prefix);
     migrate(&config).await;
     let client = connect(&db).await;
     let first = row(&client, "order", "a", "{}").await;
@@ -210,18 +240,7 @@ topic = "{prefix}.${{aggregatetype}}"
     assert!(got.contains(&first) && got.contains(&last) && !got.contains(&lost), "{got:?}");
     assert!(command(&config, &["dlq", "list"]).await.stdout.contains("is unroutable"));
 
-    let connection = support::rabbit::connect(&services().amqp).await;
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_bind(
-            prefix.as_str().into(),
-            format!("{prefix}.order").as_str().into(),
-            "b".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    bind(&prefix, "b").await;
     // As if a run cut short had sent it already: it goes out marked as a possible repeat.
     client
         .execute("update outbox_relay.dead_letters set redrive_sent_at = now()", &[])
@@ -284,14 +303,11 @@ async fn an_undecodable_logical_message_is_set_aside_with_its_reason() {
     // by id and does not send it again.
     relay.kill9().await;
     client.execute("update outbox_relay.dead_letters set redriven_at = null", &[]).await.unwrap();
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     let out = command(&config, &["dlq", "redrive", "--all"]).await;
     assert!(out.status.success() && out.stdout.contains("delivered 1 dead letter(s)"), "{out:?}");
     assert_eq!(read_all(&services().kafka, &orders).await.into_iter().flatten().count(), 2);
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success());
-    let admin = connect(&services().pg).await;
-    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+    stop_and_drop_slot(relay, &slot).await;
 }
 
 /// The gap a redrive through the outbox table would leave: an entry of the held key committed
@@ -401,7 +417,7 @@ async fn dead_letters_are_per_entry_and_a_held_key_keeps_its_order_through_a_red
     emit(&client, "k-poison", "k", r#"{"ID": "forged"}"#).await; // poison of a held key
     emit(&client, "k-good", "k", "{}").await; // held
     emit(&client, "z-good", "z", "{}").await; // another key flows
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     let client = &client;
     let orders_ref = &orders;
     wait_for("the entry of key z", Duration::from_secs(60), || async move {
@@ -447,10 +463,7 @@ async fn dead_letters_are_per_entry_and_a_held_key_keeps_its_order_through_a_red
             expected("k-good", "k", Some("k-poison")),
         ]
     );
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success());
-    let admin = connect(&services().pg).await;
-    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+    stop_and_drop_slot(relay, &slot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,16 +487,13 @@ async fn with_continue_a_key_flows_after_its_dead_letter_also_after_a_restart() 
     assert!(relay.wait(Duration::from_secs(30)).await.success());
 
     emit(&client, "second", "k", "{}").await;
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     wait_for("the second entry, not held", Duration::from_secs(60), || async move {
         ids(orders_ref).await == ["first", "second"]
     })
     .await;
     assert_eq!(letters(&client).await, vec![("poison".into(), "k".into(), None)]);
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success());
-    let admin = connect(&services().pg).await;
-    let _ = admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await;
+    stop_and_drop_slot(relay, &slot).await;
 }
 
 /// An entry an earlier run may have sent (at or below the recorded `max_sent`) that is then set
@@ -492,23 +502,7 @@ async fn with_continue_a_key_flows_after_its_dead_letter_also_after_a_restart() 
 async fn a_dead_letter_an_earlier_run_may_have_sent_is_redriven_marked() {
     let db = fresh_database("dlq_replay").await;
     let prefix = unique("dlqreplay");
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-on_poison = "dead-letter"
-retry_max_backoff = "1s"
-[sink]
-kind = "rabbitmq"
-url = "{amqp}"
-{topology}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        topology = topology(&prefix, "direct", &[&prefix], "a"),
-        amqp = services().amqp
-    );
+    let config = rabbit_config(&db, &prefix);
     migrate(&config).await;
     let client = connect(&db).await;
     let sent = row(&client, "order", "a", "{}").await;
@@ -529,18 +523,7 @@ topic = "{prefix}.${{aggregatetype}}"
     assert_eq!(got.iter().map(|d| d.message_id.clone().unwrap()).collect::<Vec<_>>(), [sent]);
     assert!(got[0].marked(), "a possible replay is marked: {got:?}");
 
-    let connection = support::rabbit::connect(&services().amqp).await;
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_bind(
-            prefix.as_str().into(),
-            format!("{prefix}.order").as_str().into(),
-            "b".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    bind(&prefix, "b").await;
     let out = command(&config, &["dlq", "redrive", "--all"]).await;
     assert!(out.status.success() && out.stdout.contains("delivered 1 dead letter(s)"), "{out:?}");
     let got = drain(&services().amqp, &prefix).await;

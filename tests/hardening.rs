@@ -84,6 +84,23 @@ async fn wait_dead_letters(client: &Client, n: i64) {
     .await;
 }
 
+const INSERT_ONE: &str = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                          values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
+
+/// Waits up to `seconds` for the outbox table to be empty.
+async fn drained(client: &Client, what: &str, seconds: u64) {
+    wait_for(what, Duration::from_secs(seconds), || async move {
+        count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+}
+
+/// SIGTERM: the relay must stop cleanly.
+async fn stop(mut relay: Relay) {
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+}
+
 async fn records(topic: &str) -> Vec<Record> {
     read_all(&services().kafka, topic).await.into_iter().flatten().collect()
 }
@@ -109,14 +126,13 @@ async fn forged_headers_are_set_aside(sink: &str, prefix: &str, slot: &str, db: 
         emit(&client, forged).await;
     }
     emit(&client, HONEST).await;
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     wait_dead_letters(&client, 3).await;
     let letters = dead_letters(&client).await;
     let ids: Vec<&str> = letters.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["forged-1", "forged-2", "forged-3"]);
     assert!(letters.iter().all(|(_, reason)| reason.contains("which is reserved")), "{letters:?}");
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
     drop_slot(slot).await;
     client
 }
@@ -291,12 +307,9 @@ async fn bytea_payloads_arrive_intact_with_bytea_output_escape() {
             .await
             .unwrap();
     }
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     let client = &client;
-    wait_for("the outbox to drain", Duration::from_secs(60), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
+    drained(client, "the outbox to drain", 60).await;
     let got: Vec<Vec<u8>> = records(&topic).await.into_iter().map(|r| r.payload.unwrap()).collect();
     let want: Vec<Vec<u8>> = payloads.iter().map(|p| p.to_vec()).collect();
     assert_eq!(got, want);
@@ -304,8 +317,7 @@ async fn bytea_payloads_arrive_intact_with_bytea_output_escape() {
     let shown: String =
         connect(&db).await.query_one("show bytea_output", &[]).await.unwrap().get(0);
     assert_eq!(shown, "escape");
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success());
+    stop(relay).await;
     drop_slot(&slot).await;
 }
 
@@ -386,12 +398,9 @@ async fn text_that_is_not_utf8_is_set_aside_as_hex_not_a_crash() {
         )
         .await
         .unwrap();
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     let client = &client;
-    wait_for("the outbox to drain", Duration::from_secs(60), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
+    drained(client, "the outbox to drain", 60).await;
     let got = records(&topic).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].key.as_deref(), Some("good"));
@@ -402,8 +411,7 @@ async fn text_that_is_not_utf8_is_set_aside_as_hex_not_a_crash() {
     let (reason, kept): (String, String) = (row.get(0), row.get(1));
     assert!(reason.contains("column \"aggregateid\" is not valid UTF-8"), "{reason}");
     assert_eq!(kept, "\\x636166e9", "kept losslessly as hex");
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success());
+    stop(relay).await;
 }
 
 /// A replication connection that silently stops delivering (no FIN, no RST: a dead NAT entry,
@@ -431,7 +439,7 @@ async fn a_half_open_replication_connection_is_reopened() {
     let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
                   values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
     client.execute(insert, &[]).await.unwrap();
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     let topic_ref = &topic;
     wait_for("the first entry", Duration::from_secs(60), || async move {
         records(topic_ref).await.len() == 1
@@ -451,8 +459,7 @@ async fn a_half_open_replication_connection_is_reopened() {
         "{}",
         relay.log()
     );
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
     drop(proxy);
     drop_slot(&slot).await;
 }
@@ -566,15 +573,8 @@ async fn postgres_tls_verifies_the_server_and_presents_a_client_certificate() {
         &format!("sslmode=verify-full&sslrootcert={ca_crt}&{client_cert}"),
     ));
     let client = connect(&db).await;
-    client
-        .execute(
-            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
-             values (gen_random_uuid(), 'order', 'k', 'T', '{}')",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut relay = Relay::spawn(&config);
+    client.execute(INSERT_ONE, &[]).await.unwrap();
+    let relay = Relay::spawn(&config);
     let topic_ref = &topic;
     wait_for(
         "the entry, through the TLS replication stream",
@@ -596,8 +596,7 @@ async fn postgres_tls_verifies_the_server_and_presents_a_client_certificate() {
         assert!(row.get::<_, bool>(1), "every session of the relay is encrypted: {kinds:?}");
         assert!(row.get::<_, String>(2).contains("relay_tls"), "with the client certificate");
     }
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
     drop_slot(&slot).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -668,24 +667,13 @@ async fn rabbitmq_tls_with_a_custom_ca_and_a_client_certificate() {
 
     let config = with(&format!("{ca}{identity}"));
     let client = connect(&db).await;
-    client
-        .execute(
-            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
-             values (gen_random_uuid(), 'order', 'k', 'T', '{}')",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut relay = Relay::spawn(&config);
+    client.execute(INSERT_ONE, &[]).await.unwrap();
+    let relay = Relay::spawn(&config);
     let client = &client;
-    wait_for("the outbox to drain over TLS", Duration::from_secs(60), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
+    drained(client, "the outbox to drain over TLS", 60).await;
     let got = drain(&node.url(), &prefix).await;
     assert_eq!(got.len(), 1, "{got:?}");
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
 }
 
 /// Kafka over TLS through `[sink.properties]` (librdkafka's `security.protocol` and `ssl.*`),
@@ -728,24 +716,13 @@ async fn kafka_tls_properties_pass_through_to_a_tls_listener() {
     assert!(!out.status.success() && out.stdout.contains("[FAIL] kafka"), "{out:?}");
 
     let client = connect(&db).await;
-    client
-        .execute(
-            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
-             values (gen_random_uuid(), 'order', 'k', 'T', '{}')",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut relay = Relay::spawn(&config);
+    client.execute(INSERT_ONE, &[]).await.unwrap();
+    let relay = Relay::spawn(&config);
     let client = &client;
-    wait_for("the outbox to drain over TLS", Duration::from_secs(60), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
+    drained(client, "the outbox to drain over TLS", 60).await;
     let got: Vec<Record> = read_all(&kafka.brokers(), &topic).await.into_iter().flatten().collect();
     assert_eq!(got.len(), 1, "{got:?}");
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
 }
 
 /// Large payloads: what is read ahead is bounded in bytes, not only in entries. 240 entries of
@@ -769,18 +746,14 @@ async fn large_payloads_are_read_in_bounded_memory() {
         )
         .await
         .unwrap();
-    let mut relay = Relay::spawn(&config);
+    let relay = Relay::spawn(&config);
     let client = &client;
-    wait_for("480 MB to drain", Duration::from_secs(180), || async move {
-        count(client, "select count(*) from outbox").await == 0
-    })
-    .await;
+    drained(client, "480 MB to drain", 180).await;
     let peak_kib = relay.peak_rss_kib();
     println!("240 × 2 MB entries: peak relay RSS {} MiB", peak_kib / 1024);
     assert_eq!(support::rabbit::ready(&services().amqp, &prefix).await, 240);
     assert!(peak_kib < 320 * 1024, "peak RSS {peak_kib} KiB is over 320 MiB");
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
     support::rabbit::drain(&services().amqp, &prefix).await;
 }
 
@@ -830,6 +803,5 @@ async fn a_server_that_turned_read_only_is_waited_for() {
         .unwrap();
     wait_for("the rows written meanwhile", Duration::from_secs(60), drained).await;
     assert_eq!(records(&topic).await.len(), 6);
-    relay.terminate();
-    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+    stop(relay).await;
 }
