@@ -103,8 +103,9 @@ async fn kafka_case(mode: &str, delivery: &str, seed: u64) {
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, PARTITIONS).await;
     let sink = format!(
-        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\ndelivery = \"{delivery}\"\n",
-        services().kafka
+        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n{}",
+        services().kafka,
+        support::kafka_delivery(delivery)
     );
     let config = config(&db, mode, &slot, &sink, &prefix);
     let (committed, mut relay, kills) = with_kills(&db, &config, seed).await;

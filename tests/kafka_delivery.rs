@@ -85,7 +85,7 @@ async fn forged_records_suppress_nothing(mode: &str, delivery: &str) {
     let (slot, prefix) = (unique("slot"), unique("fk"));
     let topic = format!("{prefix}.order");
     create_topic(kafka, &topic, 3).await;
-    let config = config(&db, kafka, mode, &slot, &prefix, &format!("delivery = \"{delivery}\""));
+    let config = config(&db, kafka, mode, &slot, &prefix, &support::kafka_delivery(delivery));
     migrate(&config).await;
     let client = connect(&db).await;
 
@@ -232,7 +232,7 @@ async fn cluster_leader_killed(mode: &str, delivery: &str) {
     let (slot, prefix) = (unique("slot"), unique("kc"));
     let topic = format!("{prefix}.order");
     create_replicated_topic(&brokers, &topic, 4).await;
-    let sink = format!("delivery = \"{delivery}\"\nmetadata_timeout = \"5s\"");
+    let sink = format!("{}metadata_timeout = \"5s\"", support::kafka_delivery(delivery));
     let config = config(&db, &brokers, mode, &slot, &prefix, &sink);
     migrate(&config).await;
     let relay = Relay::spawn(&config);

@@ -79,10 +79,10 @@ retry_max_backoff = "2s"
 kind = "kafka"
 brokers = "{brokers}"
 metadata_timeout = "2s"
-delivery = "{delivery}"
-[route]
+{delivery}[route]
 topic = "{prefix}.${{aggregatetype}}"
-"#
+"#,
+        delivery = support::kafka_delivery(delivery)
     )
 }
 
