@@ -511,6 +511,24 @@ mod tests {
         assert!(matches!(validate(&message, 100), Err(RabbitSinkError::TooLarge { .. })));
     }
 
+    #[tokio::test]
+    async fn no_new_connection_opens_while_one_given_up_on_is_not_closed() {
+        let options = RabbitOptions {
+            url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            lanes: 1,
+            max_message_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(1),
+            topology: Topology::default(),
+            tls: TlsFiles::default(),
+        };
+        let mut sink = RabbitSink::new(options).unwrap();
+        // As left by a publish that timed out: the old connection has not closed yet.
+        sink.abandoned = Some(ConnectionStatus::default());
+        let error = sink.connection().await.err().expect("refused");
+        assert!(matches!(error, RabbitSinkError::StillClosing { .. }), "{error}");
+        assert_eq!(ConnectorError::from(error).retry(), outbox_relay_core::Retry::Transient);
+    }
+
     #[test]
     fn a_raw_at_in_the_password_stays_out_of_the_target() {
         let options = |url: &str| RabbitOptions {
