@@ -18,21 +18,24 @@ pub(crate) const LOCK_HELD: &str = "l.locktype = 'advisory' and l.granted and l.
      and l.database = (select oid from pg_database where datname = current_database()) \
      and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('outbox-relay:' || $1, 0)";
 
-/// Who holds the pipeline lock: the backend of the lock session. Writes of the relay's state
-/// are fenced by it ([`Lease::fence`]): once that session ends, another relay may lead, and
-/// this one's writes are refused instead of overwriting the new leader's.
+/// This relay's term as the pipeline's leader: the epoch it raised in `outbox_relay.pipelines`
+/// when it took the lock. Writes of the relay's state are fenced by it ([`Lease::fence`]): once
+/// another relay has taken over (and raised the epoch), this one's writes change nothing
+/// instead of overwriting the new leader's.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Lease {
-    backend_pid: i32,
+    epoch: i64,
 }
 
 impl Lease {
-    /// A SQL condition that holds while this lease's session still holds the lock of the
-    /// pipeline named by `$1`.
+    /// A SQL condition that holds while no newer leader has taken the pipeline named by `$1`.
+    /// It locks the pipeline's row `for share`, so a new leader raising the epoch waits for a
+    /// write in progress, and a write that comes after sees the new epoch.
     pub(crate) fn fence(&self) -> String {
         format!(
-            "exists (select 1 from pg_locks l where {LOCK_HELD} and l.pid = {})",
-            self.backend_pid
+            "exists (select 1 from outbox_relay.pipelines f \
+             where f.name = $1 and f.epoch = {} for share)",
+            self.epoch
         )
     }
 }
@@ -50,16 +53,15 @@ pub(crate) async fn acquire(
         let row = session
             .timed(
                 "taking the pipeline lock",
-                session.client().query_one(
-                    &format!("select pg_try_advisory_lock({LOCK_KEY}), pg_backend_pid()"),
-                    &[pipeline],
-                ),
+                session
+                    .client()
+                    .query_one(&format!("select pg_try_advisory_lock({LOCK_KEY})"), &[pipeline]),
             )
             .await?;
         if row.get::<_, bool>(0) {
-            record_leader(&session, config).await?;
-            tracing::info!(pipeline = %pipeline, "this relay leads the pipeline");
-            return Ok(Some((session, Lease { backend_pid: row.get(1) })));
+            let epoch = record_leader(&session, config).await?;
+            tracing::info!(pipeline = %pipeline, epoch, "this relay leads the pipeline");
+            return Ok(Some((session, Lease { epoch })));
         }
         if !waiting_logged {
             tracing::info!(pipeline = %pipeline, "another relay leads this pipeline; standing by");
@@ -81,23 +83,26 @@ pub(crate) fn session_options(config: &Config) -> SessionOptions {
     }
 }
 
-/// Who leads, for `status` and for humans reading `outbox_relay.pipelines`.
-async fn record_leader(session: &Session, config: &Config) -> Result<(), RelayError> {
+/// Who leads, for `status` and for humans reading `outbox_relay.pipelines`; raises the epoch
+/// (under the lock, before anything of the pipeline's state is read) and returns it.
+async fn record_leader(session: &Session, config: &Config) -> Result<i64, RelayError> {
     let leader = format!("{}:{}", hostname(), std::process::id());
     let source = format!("{:?}", config.source.mode).to_lowercase();
-    session
+    let row = session
         .timed(
             "recording the pipeline leader (is `outbox-relay migrate` applied?)",
-            session.client().execute(
+            session.client().query_one(
                 "insert into outbox_relay.pipelines as p (name, source, leader, leader_since) \
                  values ($1, $2, $3, now()) \
                  on conflict (name) do update set source = excluded.source, \
-                 leader = excluded.leader, leader_since = now(), updated_at = now()",
+                 leader = excluded.leader, leader_since = now(), updated_at = now(), \
+                 epoch = p.epoch + 1 \
+                 returning epoch",
                 &[&config.pipeline.name, &source, &leader],
             ),
         )
         .await?;
-    Ok(())
+    Ok(row.get(0))
 }
 
 fn hostname() -> String {

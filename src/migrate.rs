@@ -41,6 +41,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "dead_letters_by_position",
         sql: include_str!("../migrations/0005_dead_letters_by_position.sql"),
     },
+    Migration {
+        version: 6,
+        name: "pipeline_epoch",
+        sql: include_str!("../migrations/0006_pipeline_epoch.sql"),
+    },
 ];
 
 /// What `migrate` did.

@@ -5,10 +5,10 @@
 //!   every position a relay may ever have sent is at or below it. Read at start, it is the
 //!   *replay horizon*: messages at or below it may be replays of a run that crashed.
 //! - `acked` (the checkpoint) is only raised.
-//! - **Fenced**: every write holds only while this relay's lock session still holds the pipeline
-//!   lock (checked in the same statement); a deposed leader's write changes nothing and fails
-//!   with [`PostgresError::LockLost`], so it can neither lower `max_sent` nor overwrite the new
-//!   leader's state or dead letters.
+//! - **Fenced**: every write requires this relay's leader epoch (checked in the same
+//!   statement, see [`Lease::fence`]); once another relay has taken over, a deposed leader's
+//!   write changes nothing and fails with [`PostgresError::LockLost`], so it can neither lower
+//!   `max_sent` nor overwrite the new leader's state or dead letters.
 //! - A dead letter is written (committed) before its entry is acknowledged, so an entry is
 //!   either delivered, set aside with its reason, or still at the source.
 //! - A redriven dead letter is marked sent before it is handed to the broker and redriven only
@@ -46,7 +46,8 @@ pub(crate) struct DeadLetter {
 pub(crate) struct RelayState {
     session: Session,
     pipeline: String,
-    /// Holds while this relay leads the pipeline ([`Lease::fence`]): every write requires it.
+    /// Holds while no newer leader has taken the pipeline ([`Lease::fence`]): every write
+    /// requires it.
     fence: String,
     horizon: Option<Position>,
     max_sent: Option<Position>,
@@ -356,8 +357,8 @@ impl RelayState {
     }
 }
 
-/// A fenced write that changed nothing was refused: the lock is gone (the rows it writes exist
-/// while the relay runs: its pipeline row, a dead letter it read).
+/// A fenced write that changed nothing was refused: a newer leader took over (the rows it
+/// writes exist while the relay runs: its pipeline row, a dead letter it read).
 fn fenced(what: &'static str, written: u64) -> Result<(), PostgresError> {
     if written == 0 {
         return Err(PostgresError::LockLost { what });

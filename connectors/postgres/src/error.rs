@@ -115,8 +115,8 @@ pub enum PostgresError {
     )]
     UrlAt,
     #[error(
-        "{what} was refused: this relay no longer holds the pipeline lock (its lock session \
-         ended), so another relay may lead the pipeline; this one stands by"
+        "{what} was refused: another relay has taken over this pipeline since this one took \
+         its lock (a newer leader epoch); this one stands by"
     )]
     LockLost { what: &'static str },
     #[error("TLS to PostgreSQL: {0}")]
