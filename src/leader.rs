@@ -10,13 +10,24 @@ use crate::config::Config;
 use crate::error::RelayError;
 use crate::telemetry::{Activity, Telemetry};
 
+/// The pipeline lock's key, for the pipeline named by `$1` (a macro, so [`LOCK_HELD`] is built
+/// from the same text).
+macro_rules! lock_key {
+    () => {
+        "hashtextextended('outbox-relay:' || $1, 0)"
+    };
+}
+
 /// The pipeline lock's key, for the pipeline named by `$1`.
-pub(crate) const LOCK_KEY: &str = "hashtextextended('outbox-relay:' || $1, 0)";
+pub(crate) const LOCK_KEY: &str = lock_key!();
 
 /// A `pg_locks` row `l` that is the pipeline lock of the pipeline named by `$1`, granted.
-pub(crate) const LOCK_HELD: &str = "l.locktype = 'advisory' and l.granted and l.objsubid = 1 \
+pub(crate) const LOCK_HELD: &str = concat!(
+    "l.locktype = 'advisory' and l.granted and l.objsubid = 1 \
      and l.database = (select oid from pg_database where datname = current_database()) \
-     and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('outbox-relay:' || $1, 0)";
+     and ((l.classid::bigint << 32) | l.objid::bigint) = ",
+    lock_key!()
+);
 
 /// This relay's term as the pipeline's leader: the epoch it raised in `outbox_relay.pipelines`
 /// when it took the lock. Writes of the relay's state are fenced by it ([`Lease::fence`]): once
