@@ -725,6 +725,78 @@ async fn kafka_tls_properties_pass_through_to_a_tls_listener() {
     stop(relay).await;
 }
 
+/// A RabbitMQ publish that timed out may still be on its way: earlier messages sit whole in
+/// the socket's buffers (and lapin holds the frames of the rest). The connection is frozen (by
+/// a proxy) while 50 MB of entries go out, more than the socket buffers hold, for longer than
+/// the publish timeout, then let go. No copy goes out on another connection before that one has
+/// closed, so an unmarked original never lands after its marked re-send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_publish_that_timed_out_never_lands_after_its_resend() {
+    let db = fresh_database("pubtimeout").await;
+    let prefix = unique("pubtimeout");
+    let amqp = services().amqp;
+    let (user_info, rest) = amqp.split_once('@').unwrap();
+    let (server, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let proxy = support::proxy::Proxy::start(server).await;
+    let via_proxy = format!("{user_info}@{}/{vhost}", proxy.address());
+    let sink = format!(
+        "[sink]\nkind = \"rabbitmq\"\nurl = \"{via_proxy}\"\nconnect_timeout = \"2s\"\n{}",
+        topology(&prefix, "direct", &[&prefix], "k")
+    );
+    let config =
+        config(&db, &prefix, "", &sink, "key = \"${aggregateid}\"").replace("dead-letter", "halt");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client.execute(INSERT_ONE, &[]).await.unwrap();
+    let mut relay = Relay::spawn(&config);
+    let client = &client;
+    drained(client, "the first entry", 60).await;
+
+    assert_eq!(proxy.freeze_all(), 1, "one RabbitMQ connection");
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), 'order', 'k', 'T', \
+                    jsonb_build_object('n', i, 'blob', repeat(md5(i::text), 16384)) \
+             from generate_series(1, 100) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    let relay_ref = &relay;
+    wait_for("a publish to time out", Duration::from_secs(60), || async move {
+        relay_ref.log().contains("RabbitMQ did not answer the publish of message")
+    })
+    .await;
+    // Long enough for several retries: without the wait for the close, the re-sends would go
+    // out on a new connection now, and land before what the frozen one still holds.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.thaw();
+    drained(client, "the 100 entries", 120).await;
+    assert!(relay.running(), "{}", relay.log());
+    stop(relay).await;
+
+    let deliveries = drain(&services().amqp, &prefix).await;
+    let mut marked_seen = std::collections::HashSet::new();
+    let mut late = Vec::new();
+    for delivery in &deliveries {
+        let id = delivery.message_id.clone().expect("message_id");
+        if delivery.marked() {
+            marked_seen.insert(id);
+        } else if marked_seen.contains(&id) {
+            late.push(id);
+        }
+    }
+    let ids: std::collections::HashSet<_> = deliveries.iter().map(|d| &d.message_id).collect();
+    assert_eq!(ids.len(), 101, "every entry arrived");
+    assert!(late.is_empty(), "unmarked originals landed after their marked re-sends: {late:?}");
+    println!(
+        "publish timeout: {} deliveries of 101 entries, {} marked re-sends, none overtaken",
+        deliveries.len(),
+        deliveries.iter().filter(|d| d.marked()).count()
+    );
+}
+
 /// Large payloads: what is read ahead is bounded in bytes, not only in entries. 240 entries of
 /// 2 MB (480 MB) wait in the outbox; with the defaults (batches of 1 000 entries, 64 MiB in
 /// flight) the relay holds a few batches of at most 16 MiB each, not the backlog.

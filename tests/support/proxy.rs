@@ -84,8 +84,24 @@ impl Proxy {
     /// that silently stopped delivering); new connections are forwarded as usual. Returns how
     /// many were frozen.
     pub fn freeze_replication(&self) -> usize {
+        self.freeze(|link| link.replication)
+    }
+
+    /// As [`Self::freeze_replication`], for every open connection.
+    pub fn freeze_all(&self) -> usize {
+        self.freeze(|_| true)
+    }
+
+    /// Lets the frozen connections flow again.
+    pub fn thaw(&self) {
+        for link in self.connections.lock().unwrap().iter() {
+            link.frozen.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn freeze(&self, which: impl Fn(&Link) -> bool) -> usize {
         let list = self.connections.lock().unwrap();
-        let links = list.iter().filter(|l| l.replication && !l.task.is_finished());
+        let links = list.iter().filter(|l| which(l) && !l.task.is_finished());
         links.map(|l| l.frozen.store(true, Ordering::SeqCst)).count()
     }
 

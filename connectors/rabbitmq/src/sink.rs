@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -96,9 +96,25 @@ pub struct RabbitSink {
     target: String,
     connected: Option<Connected>,
     /// A connection given up on while a publish was being written: its frames may still be
-    /// queued. No new connection is opened until it is closed (or broken), or the unmarked
-    /// original could reach the broker after the marked re-sends.
-    abandoned: Option<ConnectionStatus>,
+    /// queued, in lapin or in the socket. No new connection is opened until it is closed (or
+    /// broken, or surely dropped by the broker), or the unmarked originals could reach the
+    /// broker after the marked re-sends.
+    abandoned: Option<Abandoned>,
+}
+
+struct Abandoned {
+    status: ConnectionStatus,
+    /// Past this the broker has dropped the connection if it heard nothing on it, so nothing
+    /// sent on it can land any more (two heartbeats; none if heartbeats are off).
+    dropped_by: Option<Instant>,
+}
+
+impl Abandoned {
+    fn over(&self) -> bool {
+        self.status.closed()
+            || self.status.errored()
+            || self.dropped_by.is_some_and(|at| Instant::now() >= at)
+    }
 }
 
 struct Connected {
@@ -167,8 +183,8 @@ impl RabbitSink {
                 return Err(RabbitSinkError::ConnectionLost { target: self.target.clone() });
             }
         } else {
-            if let Some(status) = &self.abandoned {
-                if !(status.closed() || status.errored()) {
+            if let Some(abandoned) = &self.abandoned {
+                if !abandoned.over() {
                     return Err(RabbitSinkError::StillClosing { target: self.target.clone() });
                 }
                 self.abandoned = None;
@@ -180,13 +196,21 @@ impl RabbitSink {
 
     /// Gives up on the current connection: closes it in the background and remembers it, so
     /// [`Self::connection`] waits for the close before it connects again.
+    ///
+    /// The channels stay open until the close is answered. Dropping one would close it at once
+    /// and fail its confirms while what was written to the socket still travels; the broker's
+    /// `close-ok` comes only after it has read everything sent before it.
     fn abandon(&mut self) {
         let Some(old) = self.connected.take() else { return };
-        self.abandoned = Some(old.connection.status().clone());
+        let heartbeat = u64::from(old.connection.configuration().heartbeat());
+        self.abandoned = Some(Abandoned {
+            status: old.connection.status().clone(),
+            dropped_by: (heartbeat > 0)
+                .then(|| Instant::now() + Duration::from_secs(2 * heartbeat + 1)),
+        });
         tokio::spawn(async move {
-            let Connected { connection, lanes, probe, .. } = old;
-            drop((lanes, probe));
-            let _ = connection.close(200, "a publish timed out".into()).await;
+            let _ = old.connection.close(200, "a publish timed out".into()).await;
+            drop(old);
         });
     }
 
@@ -523,10 +547,19 @@ mod tests {
         };
         let mut sink = RabbitSink::new(options).unwrap();
         // As left by a publish that timed out: the old connection has not closed yet.
-        sink.abandoned = Some(ConnectionStatus::default());
+        let status = ConnectionStatus::default();
+        sink.abandoned = Some(Abandoned { status, dropped_by: None });
         let error = sink.connection().await.err().expect("refused");
         assert!(matches!(error, RabbitSinkError::StillClosing { .. }), "{error}");
         assert_eq!(ConnectorError::from(error).retry(), outbox_relay_core::Retry::Transient);
+
+        // Two heartbeats later the broker has dropped it: connecting is tried again.
+        let past = Instant::now() - Duration::from_secs(1);
+        let status = ConnectionStatus::default();
+        sink.abandoned = Some(Abandoned { status, dropped_by: Some(past) });
+        let error = sink.connection().await.err().expect("nothing listens there");
+        assert!(!matches!(error, RabbitSinkError::StillClosing { .. }), "{error}");
+        assert!(sink.abandoned.is_none());
     }
 
     #[test]
