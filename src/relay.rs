@@ -142,6 +142,8 @@ async fn run_once(
         sender_timeout,
         connect_timeout: config.postgres.connect_timeout,
         application_name: format!("outbox-relay:{}", config.pipeline.name),
+        // The fourth quarter of the in-flight budget: the pipeline reads three batches ahead.
+        read_ahead_bytes: pipeline::batch_bytes(settings),
     };
     let mut state = RelayState::open(config, lease).await?;
     let window = replay_window(&session, &table, &state, settings).await?;

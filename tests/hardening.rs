@@ -802,10 +802,23 @@ async fn a_rabbitmq_publish_that_timed_out_never_lands_after_its_resend() {
 /// flight) the relay holds a few batches of at most 16 MiB each, not the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_are_read_in_bounded_memory() {
-    let db = fresh_database("large").await;
-    let prefix = unique("large");
-    let config = config(&db, &prefix, "", &rabbitmq(&prefix, "k"), "key = \"${aggregateid}\"")
-        .replace("dead-letter", "halt");
+    large_payloads_in_bounded_memory("large", |_| String::new()).await;
+}
+
+/// The same through WAL tailing: the 240 entries are one transaction the server sends at once,
+/// and what the relay reads ahead of its batches is bounded in bytes too (a quarter of the
+/// in-flight budget), so the socket waits instead of the backlog landing in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_are_read_in_bounded_memory_from_the_wal() {
+    large_payloads_in_bounded_memory("largewal", wal).await;
+}
+
+async fn large_payloads_in_bounded_memory(name: &str, source: fn(&str) -> String) {
+    let db = fresh_database(name).await;
+    let (slot, prefix) = (unique("slot"), unique(name));
+    let config =
+        config(&db, &prefix, &source(&slot), &rabbitmq(&prefix, "k"), "key = \"${aggregateid}\"")
+            .replace("dead-letter", "halt");
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -822,11 +835,14 @@ async fn large_payloads_are_read_in_bounded_memory() {
     let client = &client;
     drained(client, "480 MB to drain", 180).await;
     let peak_kib = relay.peak_rss_kib();
-    println!("240 × 2 MB entries: peak relay RSS {} MiB", peak_kib / 1024);
+    println!("{name}: 240 × 2 MB entries: peak relay RSS {} MiB", peak_kib / 1024);
     assert_eq!(support::rabbit::ready(&services().amqp, &prefix).await, 240);
     assert!(peak_kib < 320 * 1024, "peak RSS {peak_kib} KiB is over 320 MiB");
     stop(relay).await;
     support::rabbit::drain(&services().amqp, &prefix).await;
+    if source(&slot).contains("wal") {
+        drop_slot(&slot).await;
+    }
 }
 
 /// A server that turned read-only (a primary demoted in a failover, say) is waited for, not a

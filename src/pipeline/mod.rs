@@ -11,7 +11,8 @@
 //! - **Bounded**: at most `max_in_flight` messages and `max_in_flight_bytes` bytes are held
 //!   (one oversized message may pass alone); the source reads ahead by at most three batches
 //!   (one being sent, one in the channel, one in the feed's hand), each of at most
-//!   `batch_size` entries and a quarter of `max_in_flight_bytes`.
+//!   `batch_size` entries and a quarter of `max_in_flight_bytes` (WAL tailing holds at most one
+//!   more quarter as events read from the stream).
 //! - **Redrives in the stream**: dead letters asked for by `dlq redrive` are delivered when
 //!   nothing is in flight, before anything read after them ([`redrive`]).
 //!
@@ -703,8 +704,8 @@ struct BatchLimit {
 
 /// A batch holds at most a quarter of `max_in_flight_bytes`: the three batches read ahead (one
 /// being sent, one in the channel, one in the feed's hand) stay below the in-flight budget, also
-/// with large payloads.
-fn batch_bytes(settings: &Settings) -> usize {
+/// with large payloads. (WAL tailing reads the fourth quarter ahead from the stream.)
+pub(crate) fn batch_bytes(settings: &Settings) -> usize {
     (settings.max_in_flight_bytes / 4).max(1)
 }
 

@@ -52,8 +52,6 @@ const JSON_OID: u32 = 114;
 const BYTEA_OID: u32 = 17;
 /// How long a clean stop waits for the server to hear the last flush position.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
-/// Replication events buffered between the socket and the source.
-const STREAM_BUFFER: usize = 4096;
 
 /// How a logical message's content becomes an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +91,9 @@ pub struct WalOptions {
     pub sender_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     pub application_name: String,
+    /// Bytes of changes read from the stream ahead of `next_batch`, at most (one larger change
+    /// passes alone); past that the server waits.
+    pub read_ahead_bytes: usize,
 }
 
 /// How to turn inserts into one relation into entries (`None` if it is not the outbox).
@@ -160,7 +161,7 @@ impl WalSource {
             status_interval: options.status_interval,
             connect_timeout: options.connect_timeout,
             application_name: options.application_name.clone(),
-            buffer: STREAM_BUFFER,
+            read_ahead_bytes: options.read_ahead_bytes,
         };
         let stream = ReplicationStream::open(url, &stream_options).await?;
         tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, "streaming changes");
