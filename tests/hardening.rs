@@ -87,6 +87,20 @@ async fn wait_dead_letters(client: &Client, n: i64) {
 const INSERT_ONE: &str = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
                           values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
 
+/// Inserts `count` entries of key `k`, each with a payload of `kib` KiB.
+async fn insert_blobs(client: &Client, count: i32, kib: i32) {
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), 'order', 'k', 'T', \
+                    jsonb_build_object('n', i, 'blob', repeat(md5(i::text), $2 * 32)) \
+             from generate_series(1, $1) i",
+            &[&count, &kib],
+        )
+        .await
+        .unwrap();
+}
+
 /// Waits up to `seconds` for the outbox table to be empty.
 async fn drained(client: &Client, what: &str, seconds: u64) {
     wait_for(what, Duration::from_secs(seconds), || async move {
@@ -753,16 +767,7 @@ async fn a_rabbitmq_publish_that_timed_out_never_lands_after_its_resend() {
     drained(client, "the first entry", 60).await;
 
     assert_eq!(proxy.freeze_all(), 1, "one RabbitMQ connection");
-    client
-        .execute(
-            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
-             select gen_random_uuid(), 'order', 'k', 'T', \
-                    jsonb_build_object('n', i, 'blob', repeat(md5(i::text), 16384)) \
-             from generate_series(1, 100) i",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_blobs(client, 100, 512).await;
     let relay_ref = &relay;
     wait_for("a publish to time out", Duration::from_secs(60), || async move {
         relay_ref.log().contains("RabbitMQ did not answer the publish of message")
@@ -821,16 +826,7 @@ async fn large_payloads_in_bounded_memory(name: &str, source: fn(&str) -> String
             .replace("dead-letter", "halt");
     migrate(&config).await;
     let client = connect(&db).await;
-    client
-        .execute(
-            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
-             select gen_random_uuid(), 'order', 'k', 'T', \
-                    jsonb_build_object('n', i, 'blob', repeat(md5(i::text), 62500)) \
-             from generate_series(1, 240) i",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_blobs(&client, 240, 1953).await;
     let relay = Relay::spawn(&config);
     let client = &client;
     drained(client, "480 MB to drain", 180).await;
