@@ -14,8 +14,9 @@
 #   scripts/services.sh topic NAME PARTITIONS
 #                               (re)create a Kafka topic on the local broker (kafka-topics)
 #
-# On a machine with nothing but the toolchains it installs, once: the Debian packages postgresql
-# and rabbitmq-server (`apt-get update` first), and Apache Kafka's jars from Maven Central
+# On a machine with nothing but the toolchains it installs, once: the Debian packages postgresql,
+# rabbitmq-server and prometheus (for `promtool`, which checks deploy/prometheus; no Prometheus
+# server is started) (`apt-get update` first), and Apache Kafka's jars from Maven Central
 # (scripts/kafka/pom.xml, `mvn dependency:copy-dependencies`) into
 # ${XDG_CACHE_HOME:-~/.cache}/pg-outbox-relay/kafka-<version> — never into the repository.
 set -euo pipefail
@@ -68,6 +69,7 @@ ensure_installed() {
   command -v psql >/dev/null || missing+=(postgresql-client)
   command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
   command -v curl >/dev/null || missing+=(curl)
+  command -v promtool >/dev/null || missing+=(prometheus)
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
   # The Debian package starts its own node and cluster; ours are throwaway ones on our ports.
   if [[ -n ${missing[*]} ]]; then
@@ -76,6 +78,9 @@ ensure_installed() {
     fi
     if [[ " ${missing[*]} " == *" postgresql "* ]]; then
       (service postgresql stop || true) >/dev/null 2>&1
+    fi
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+      (service prometheus stop || true) >/dev/null 2>&1
     fi
   fi
   command -v java >/dev/null || { log "java (17+) is needed for Apache Kafka"; return 1; }

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod dlq;
 mod error;
+mod gauges;
 mod leader;
 mod migrate;
 mod pipeline;

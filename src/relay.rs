@@ -12,6 +12,7 @@ use outbox_relay_postgres::{
     WalAfterPublish, WalOptions, WalSource,
 };
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{AfterPublishConfig, Config, MessageFormatConfig, SourceMode};
 use crate::error::RelayError;
@@ -29,6 +30,11 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
     let _server =
         telemetry::serve(&config.telemetry.listen, Arc::clone(&telemetry), shutdown.clone())
             .await?;
+    let _gauges = AbortOnDropHandle::new(tokio::spawn(crate::gauges::watch(
+        config.clone(),
+        Arc::clone(&telemetry),
+        shutdown.clone(),
+    )));
     let router = Router::new(&config.route, &config.pipeline.name)?;
     let mut sink = AnySink::new(&config.sink, &config.pipeline.name)?;
     let settings = Settings {

@@ -33,6 +33,11 @@ pub(crate) mod names {
     pub(crate) const STATE: &str = "outbox_relay_state";
     pub(crate) const DEAD_LETTERS: &str = "outbox_relay_dead_letters";
     pub(crate) const REPLAYS_RECOGNISED: &str = "outbox_relay_replays_recognised";
+    pub(crate) const SLOT_WAL_RETAINED: &str = "outbox_relay_slot_wal_retained_bytes";
+    pub(crate) const SLOT_LAG: &str = "outbox_relay_slot_lag_bytes";
+    pub(crate) const SLOT_SAFE_WAL: &str = "outbox_relay_slot_safe_wal_bytes";
+    pub(crate) const DEAD_LETTERS_WAITING: &str = "outbox_relay_dead_letters_waiting";
+    pub(crate) const START_TIME: &str = "outbox_relay_start_time_seconds";
 }
 
 /// What the relay is doing, for `/readyz` and the `outbox_relay_state` gauge.
@@ -84,6 +89,10 @@ pub(crate) struct Metrics {
     pub(crate) source_restarts: Counter,
     pub(crate) dead_letters: Counter,
     pub(crate) replays_recognised: Counter,
+    pub(crate) slot_wal_retained: Gauge,
+    pub(crate) slot_lag: Gauge,
+    pub(crate) slot_safe_wal: Gauge,
+    pub(crate) dead_letters_waiting: Gauge,
     state_gauge: Gauge,
     state: AtomicU8,
 }
@@ -117,6 +126,10 @@ impl Telemetry {
             source_restarts: Counter::default(),
             dead_letters: Counter::default(),
             replays_recognised: Counter::default(),
+            slot_wal_retained: Gauge::default(),
+            slot_lag: Gauge::default(),
+            slot_safe_wal: Gauge::default(),
+            dead_letters_waiting: Gauge::default(),
             state_gauge: Gauge::default(),
             state: AtomicU8::new(Activity::Starting as u8),
         };
@@ -161,6 +174,37 @@ impl Telemetry {
             names::REPLAYS_RECOGNISED,
             "Possible replays of an earlier run found already in Kafka and not sent again",
             metrics.replays_recognised.clone(),
+        );
+        registry.register(
+            names::SLOT_WAL_RETAINED,
+            "WAL the replication slot keeps on the server's disk (from its restart_lsn; WAL mode)",
+            metrics.slot_wal_retained.clone(),
+        );
+        registry.register(
+            names::SLOT_LAG,
+            "WAL written since the slot's confirmed position: not yet acknowledged (WAL mode)",
+            metrics.slot_lag.clone(),
+        );
+        registry.register(
+            names::SLOT_SAFE_WAL,
+            "WAL that can still be written before max_slot_wal_keep_size invalidates the slot; \
+             -1 when there is no limit (WAL mode)",
+            metrics.slot_safe_wal.clone(),
+        );
+        registry.register(
+            names::DEAD_LETTERS_WAITING,
+            "Dead letters of this pipeline not redriven yet (read from Postgres)",
+            metrics.dead_letters_waiting.clone(),
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let start_time = Gauge::<i64>::default();
+        start_time.set(i64::try_from(started).unwrap_or(i64::MAX));
+        registry.register(
+            names::START_TIME,
+            "When this relay process started (Unix time): restarts show as changes",
+            start_time,
         );
         registry.register(
             names::STATE,

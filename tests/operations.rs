@@ -1,0 +1,180 @@
+//! What operators run next to the relay: the Prometheus alert rules (checked and unit-tested by
+//! `promtool`), the Grafana dashboard's queries, and the metrics both rely on, read from a real
+//! relay.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::kafka::{create_topic, read_all};
+use support::pg::{connect, fresh_database};
+use support::relay::{migrate, Relay};
+use support::{services, unique, wait_for};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+}
+
+/// `promtool args…`; promtool comes with Debian's `prometheus` package (scripts/services.sh
+/// installs it).
+fn promtool(args: &[&str], dir: &Path) -> String {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (Debian package `prometheus`; scripts/services.sh up installs it)");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = deploy("prometheus");
+    let checked = promtool(&["check", "rules", "outbox-relay.rules.yml"], &dir);
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    let tested = promtool(&["test", "rules", "outbox-relay.rules.test.yml"], &dir);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+/// The dashboard's queries, with `$job` filled in, as recording rules: promtool parses each.
+#[test]
+fn the_dashboard_queries_are_valid_promql() {
+    let exprs = dashboard_queries();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let expr = expr.replace("$job", "outbox-relay").replace('\'', "''");
+        rules.push_str(&format!("      - record: dashboard:query_{i}\n        expr: '{expr}'\n"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dashboard.rules.yml"), rules).unwrap();
+    let checked = promtool(&["check", "rules", "dashboard.rules.yml"], dir.path());
+    assert!(checked.contains(&format!("SUCCESS: {} rules found", exprs.len())), "{checked}");
+}
+
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(deploy("grafana/outbox-relay.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let targets = panels.iter().flat_map(|p| p["targets"].as_array().expect("targets"));
+    targets.map(|t| t["expr"].as_str().expect("expr").to_owned()).collect()
+}
+
+/// The `outbox_relay_*` series names a text uses (histogram series by their base name).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("outbox_relay_") {
+        let tail = &rest[at..];
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// A relay tailing the WAL, scraped: every metric the rules and the dashboard use is there, and
+/// the gauges read from Postgres say what Postgres says — WAL retained by the slot, distance to
+/// invalidation under `max_slot_wal_keep_size`, dead letters waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_dashboard_use_is_exported_with_postgres_values() {
+    let db = fresh_database("metrics").await;
+    let (slot, prefix) = (unique("slot"), unique("metrics"));
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = format!(
+        r#"
+[postgres]
+url = "{db}"
+[pipeline]
+on_poison = "dead-letter"
+[source]
+mode = "wal"
+slot = "{slot}"
+heartbeat_interval = "1s"
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+[route]
+topic = "{prefix}.${{aggregatetype}}"
+"#,
+        brokers = services().kafka
+    );
+    migrate(&config).await;
+    let admin = connect(&services().pg).await;
+    admin.batch_execute("alter system set max_slot_wal_keep_size = '10GB'").await.unwrap();
+    admin.batch_execute("select pg_reload_conf()").await.unwrap();
+
+    let client = connect(&db).await;
+    let envelope = |id: &str, headers: &str| {
+        format!(
+            r#"{{"id": "{id}", "aggregatetype": "order", "aggregateid": "k", "type": "T",
+                "payload": {{}}, "headers": {{{headers}}}}}"#
+        )
+    };
+    for message in [envelope("good", ""), envelope("poison", r#""outbox-pipeline": "x""#)] {
+        client
+            .execute("select pg_logical_emit_message(true, 'outbox', $1)", &[&message])
+            .await
+            .unwrap();
+    }
+    let running = Relay::spawn(&config);
+    let relay = &running;
+    wait_for("the dead letter to be counted", Duration::from_secs(60), || async move {
+        relay.metric("outbox_relay_dead_letters_waiting").await == Some(1.0)
+    })
+    .await;
+    let scraped = relay.http_get("/metrics").await.expect("scraped");
+
+    let mut used = metric_names(
+        &std::fs::read_to_string(deploy("prometheus/outbox-relay.rules.yml")).unwrap(),
+    );
+    used.extend(dashboard_queries().iter().flat_map(|q| metric_names(q)));
+    assert!(used.len() >= 12, "{used:?}");
+    // Series only: a counter's HELP line names it without `_total`, which no query matches.
+    let samples: Vec<&str> = scraped.lines().filter(|l| !l.starts_with('#')).collect();
+    let exported = metric_names(&samples.join("\n"));
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(missing.is_empty(), "used but not exported: {missing:?}\n{scraped}");
+
+    let value = |name: &str| {
+        let line = scraped.lines().find(|l| l.starts_with(&format!("{name} "))).expect(name);
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    let retained = value("outbox_relay_slot_wal_retained_bytes");
+    let safe = value("outbox_relay_slot_safe_wal_bytes");
+    assert!(retained > 0.0, "the slot keeps some WAL: {retained}");
+    assert!(value("outbox_relay_slot_lag_bytes") >= 0.0);
+    // About 10 GB: Postgres counts from the start of the oldest segment kept.
+    let gib = 1024.0 * 1024.0 * 1024.0;
+    assert!(safe > 9.0 * gib && safe < 11.0 * gib, "about max_slot_wal_keep_size: {safe}");
+    assert!(value("outbox_relay_start_time_seconds") > 1.7e9);
+    let got: Vec<_> = read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
+    assert_eq!(got.len(), 1, "the good entry went out: {got:?}");
+
+    admin.batch_execute("alter system reset max_slot_wal_keep_size").await.unwrap();
+    admin.batch_execute("select pg_reload_conf()").await.unwrap();
+    wait_for("the unlimited slot to show as -1", Duration::from_secs(30), || async move {
+        relay.metric("outbox_relay_slot_safe_wal_bytes").await == Some(-1.0)
+    })
+    .await;
+    println!("scraped /metrics:\n{scraped}");
+    drop(running);
+    let slot = &slot;
+    wait_for("the slot to be dropped", Duration::from_secs(30), || async move {
+        let admin = connect(&services().pg).await;
+        admin.execute("select pg_drop_replication_slot($1)", &[slot]).await.is_ok()
+    })
+    .await;
+}
+
