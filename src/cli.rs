@@ -22,9 +22,12 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Relay outbox entries to the broker until SIGTERM/SIGINT (then drain and exit 0).
     ///
-    /// Exits non-zero when it halts: on a poison message (named, with its reason; nothing from
-    /// it on is acknowledged) or on an error no retry can fix (missing table, bad credentials,
-    /// a Kafka producer fenced by a newer one with the same transactional.id).
+    /// Exit codes: 0 stopped by a signal, after in-flight confirms (`pipeline.shutdown_grace`);
+    /// 1 halted, on a poison message (named, with its reason; nothing from it on is
+    /// acknowledged) or on an error no retry can fix (bad credentials, an invalidated slot, a
+    /// Kafka producer fenced by a newer one with the same transactional.id); 2 the
+    /// configuration is wrong; 3 the database lacks what `outbox-relay migrate` sets up (relay
+    /// schema, outbox table, publication, slot). Transient failures are retried.
     Run,
     /// Apply the relay's SQL migrations and install or upgrade the outbox table from the config.
     Migrate,

@@ -75,7 +75,7 @@ impl Default for PipelineConfig {
             dead_letter_same_key: SameKeyPolicy::Wait,
             retry_initial_backoff: Duration::from_millis(200),
             retry_max_backoff: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
             ack_interval: Duration::from_millis(50),
             standby_retry: Duration::from_secs(2),
         }

@@ -66,3 +66,37 @@ pub(crate) enum RelayError {
     #[error("{failed} of {total} checks failed")]
     Check { failed: usize, total: usize },
 }
+
+impl RelayError {
+    /// The exit code a command that fails with this error ends with (README "Exit codes"):
+    /// 2 when the configuration is wrong (clap uses 2 for a wrong command line too), 3 when the
+    /// database lacks what `outbox-relay migrate` sets up (the relay schema at this relay's
+    /// version, the outbox table, its seq trigger, the publication, the slot), 1 for everything
+    /// else: a halt on an entry, a permanent broker or Postgres error, a failed check.
+    pub(crate) fn exit_code(&self) -> u8 {
+        use outbox_relay_postgres::PostgresError as Pg;
+        match self {
+            Self::ConfigRead { .. }
+            | Self::Config { .. }
+            | Self::Template { .. }
+            | Self::UnknownColumn { .. }
+            | Self::Telemetry { .. } => 2,
+            Self::SchemaOutdated { .. }
+            | Self::Postgres(
+                Pg::MissingTable { .. }
+                | Pg::MissingSeqTrigger { .. }
+                | Pg::MissingPublication { .. }
+                | Pg::PublicationLacksTable { .. }
+                | Pg::MissingSlot { .. },
+            ) => 3,
+            Self::Route { .. }
+            | Self::Poison { .. }
+            | Self::Fatal { .. }
+            | Self::Migration { .. }
+            | Self::MigrationEdited { .. }
+            | Self::Postgres(_)
+            | Self::Dlq(_)
+            | Self::Check { .. } => 1,
+        }
+    }
+}

@@ -59,6 +59,9 @@ pub(crate) async fn acquire(
 ) -> Result<Option<(Session, Lease)>, RelayError> {
     let pipeline = &config.pipeline.name;
     let session = Session::connect(config.postgres.url.expose(), &session_options(config)).await?;
+    // Before anything is written: a database never migrated says so, not "relation does not
+    // exist".
+    crate::migrate::require_latest(&session).await?;
     let mut waiting_logged = false;
     loop {
         let row = session

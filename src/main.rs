@@ -40,7 +40,8 @@ fn main() -> std::process::ExitCode {
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "outbox-relay stopped");
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            let code = error.downcast_ref::<error::RelayError>().map_or(1, |e| e.exit_code());
+            std::process::ExitCode::from(code)
         }
     }
 }

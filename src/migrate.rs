@@ -178,19 +178,26 @@ async fn apply(session: &Session, migration: &Migration, checksum: &str) -> Resu
 
 /// Versions the binary knows, for `check`.
 /// The newest migration applied to the database (0 before the first).
+/// The newest migration applied to the database; 0 when none is (not even the schema exists).
 pub(crate) async fn applied_version(session: &Session) -> Result<i32, PostgresError> {
-    let row = session
-        .timed(
-            "reading the relay schema's version",
-            session.client().query_one(
-                "select coalesce((select max(version) from outbox_relay.schema_migrations), 0) \
-                 where to_regclass('outbox_relay.schema_migrations') is not null \
-                 union all select 0 limit 1",
-                &[],
-            ),
-        )
-        .await?;
-    Ok(row.get(0))
+    let what = "reading the relay schema's version";
+    let client = session.client();
+    let exists = "select to_regclass('outbox_relay.schema_migrations') is not null";
+    if !session.timed(what, client.query_one(exists, &[])).await?.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let newest = "select coalesce(max(version), 0) from outbox_relay.schema_migrations";
+    Ok(session.timed(what, client.query_one(newest, &[])).await?.get(0))
+}
+
+/// Fails with [`RelayError::SchemaOutdated`] unless every migration this relay knows is applied.
+pub(crate) async fn require_latest(session: &Session) -> Result<(), RelayError> {
+    let applied = applied_version(session).await?;
+    let latest = latest_version();
+    if applied < latest as i32 {
+        return Err(RelayError::SchemaOutdated { applied, latest });
+    }
+    Ok(())
 }
 
 pub(crate) fn latest_version() -> u32 {

@@ -60,11 +60,7 @@ impl RelayState {
         let session =
             Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
                 .await?;
-        let applied = crate::migrate::applied_version(&session).await?;
-        let latest = crate::migrate::latest_version();
-        if applied < latest as i32 {
-            return Err(RelayError::SchemaOutdated { applied, latest });
-        }
+        crate::migrate::require_latest(&session).await?;
         let pipeline = config.pipeline.name.clone();
         let row = session
             .timed(

@@ -67,7 +67,7 @@ brokers = "127.0.0.1:9092"
 "#;
     for subcommand in ["run", "check", "migrate"] {
         let out = command(config, &[subcommand]).await;
-        assert_eq!(out.status.code(), Some(1), "{subcommand}: {out:?}");
+        assert_eq!(out.status.code(), Some(2), "{subcommand}: {out:?}");
         assert!(
             out.stderr.contains(
                 "at `source.tabel`: unknown field `tabel`, expected one of `mode`, `table`"
@@ -149,7 +149,7 @@ async fn a_missing_outbox_table_or_schema_fails_with_what_to_run() {
 
     // Nothing migrated yet.
     let out = command(&config, &["run"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(out.stderr.contains("outbox-relay migrate"), "{}", out.stderr);
     let out = command(&config, &["check"]).await;
     assert!(
@@ -163,7 +163,7 @@ async fn a_missing_outbox_table_or_schema_fails_with_what_to_run() {
     migrate(&config).await;
     let other = format!("{config}\n[source]\ntable = \"public.events\"\n");
     let out = command(&other, &["run"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         out.stderr
             .contains("outbox table public.events does not exist: run `outbox-relay migrate`"),

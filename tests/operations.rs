@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, fresh_database};
-use support::relay::{migrate, Relay};
+use support::relay::{command, migrate, Relay};
 use support::{services, unique, wait_for};
 
 fn deploy(path: &str) -> PathBuf {
@@ -178,3 +178,38 @@ topic = "{prefix}.${{aggregatetype}}"
     .await;
 }
 
+/// Exit codes a supervisor can act on: 2 for a wrong configuration, 3 for a database that
+/// needs `outbox-relay migrate`, 1 for a halt or a failed check, 0 for a clean stop (the
+/// SIGTERM tests of `wal` and `crash` check that one, the halt tests of `hardening` code 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_a_wrong_config_from_a_database_to_migrate() {
+    let db = fresh_database("exits").await;
+    let prefix = unique("exits");
+    let config = format!(
+        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n\
+         metadata_timeout = \"2s\"\n[route]\ntopic = \"{prefix}.${{aggregatetype}}\"\n",
+        services().kafka
+    );
+    let code = |config: String, args: &'static [&'static str]| async move {
+        let out = command(&config, args).await;
+        (out.status.code(), out.stderr)
+    };
+
+    let (status, stderr) =
+        code(format!("{config}[pipeline]\nmax_in_flight = \"many\"\n"), &["run"]).await;
+    assert_eq!(status, Some(2), "a config that does not parse: {stderr}");
+    assert!(stderr.contains("max_in_flight"), "{stderr}");
+
+    let (status, stderr) = code(config.clone(), &["run"]).await;
+    assert_eq!(status, Some(3), "not migrated: {stderr}");
+    assert!(stderr.contains("outbox-relay migrate"), "{stderr}");
+
+    migrate(&config).await;
+    let unknown = config.replace("[route]\n", "[route]\nkey = \"${nope}\"\n");
+    let (status, stderr) = code(unknown, &["run"]).await;
+    assert_eq!(status, Some(2), "a route over a column the table lacks: {stderr}");
+
+    let unreachable = config.replace(&services().kafka, "127.0.0.1:1");
+    let (status, stderr) = code(unreachable, &["check"]).await;
+    assert_eq!(status, Some(1), "a failed check: {stderr}");
+}

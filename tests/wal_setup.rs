@@ -59,7 +59,7 @@ async fn a_missing_slot_is_never_created_by_run() {
     migrate(&config(&db, &slot, "noslot")).await;
     let other = config(&db, "never_created", "noslot");
     let out = command(&other, &["run"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         out.stderr.contains(
             "replication slot \"never_created\" does not exist: run `outbox-relay migrate`"
