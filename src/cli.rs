@@ -33,9 +33,13 @@ pub(crate) enum Command {
     Migrate,
     /// Verify the config, connectivity to Postgres and the broker, and the outbox table.
     Check,
-    /// Show the pipeline: leader, state and last error, checkpoint, slot lag, backlog, dead
-    /// letters.
-    Status,
+    /// Show the pipeline: leader, state and last error, checkpoint, slot lag and retained WAL,
+    /// backlog, dead letters.
+    Status {
+        /// Print JSON instead (stable fields, documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Entries set aside by `pipeline.on_poison = "dead-letter"`.
     #[command(subcommand)]
     Dlq(DlqCommand),

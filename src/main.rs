@@ -72,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Check => check::check(&config).await?,
-        Command::Status => status::status(&config).await?,
+        Command::Status { json } => status::status(&config, json).await?,
         Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
         Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {
             let wait = (!no_wait).then_some(timeout);

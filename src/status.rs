@@ -1,20 +1,109 @@
 //! `outbox-relay status`: what the pipeline is doing, read from Postgres (so it works from any
-//! machine, whether or not a relay runs there). Invariant: status only reads.
+//! machine, whether or not a relay runs there), as text or as JSON (`--json`). Invariant:
+//! status only reads, and the JSON fields are a documented, stable interface (README "status
+//! --json"): fields are added, never renamed or removed.
 
 use outbox_relay_postgres::{Session, TableName};
+use serde::Serialize;
 
 use crate::config::{Config, SourceMode};
 use crate::error::RelayError;
 
-pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
+/// Everything `status` reports.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) pipeline: String,
+    /// "wal" or "poll".
+    pub(crate) source: &'static str,
+    /// "kafka" or "rabbitmq".
+    pub(crate) sink: &'static str,
+    /// The session holding the pipeline lock now; `None`: no relay runs.
+    pub(crate) leader: Option<Leader>,
+    /// What the last leader recorded; `None`: the pipeline never started.
+    pub(crate) recorded: Option<Recorded>,
+    /// WAL mode only.
+    pub(crate) slot: Option<Slot>,
+    pub(crate) outbox: Outbox,
+    pub(crate) dead_letters: DeadLetters,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Leader {
+    pub(crate) pid: i32,
+    pub(crate) application_name: String,
+    /// The client's address, or "local" (Unix socket).
+    pub(crate) client_addr: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Recorded {
+    /// `host:pid` of the last relay that led.
+    pub(crate) leader: Option<String>,
+    pub(crate) leader_since: Option<String>,
+    /// starting, running, retrying, halted, standby or stopping: the current state when a
+    /// relay holds the lock, else the state it was in when it last ran.
+    pub(crate) state: Option<String>,
+    pub(crate) state_since: Option<String>,
+    /// The last error (retrying, halted).
+    pub(crate) state_detail: Option<String>,
+    /// The acknowledged position.
+    pub(crate) checkpoint: Option<String>,
+    /// The position written before sending a batch.
+    pub(crate) max_sent: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Slot {
+    pub(crate) name: String,
+    pub(crate) exists: bool,
+    pub(crate) confirmed_flush_lsn: Option<String>,
+    /// WAL written since the confirmed position.
+    pub(crate) lag_bytes: Option<i64>,
+    /// WAL the slot keeps on the server (from its restart_lsn).
+    pub(crate) retained_bytes: Option<i64>,
+    /// WAL that can still be written before `max_slot_wal_keep_size` invalidates the slot;
+    /// `None` without a limit.
+    pub(crate) safe_wal_bytes: Option<i64>,
+    /// reserved, extended, unreserved or lost (invalidated).
+    pub(crate) wal_status: Option<String>,
+    /// A relay streams from it now.
+    pub(crate) active: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Outbox {
+    pub(crate) table: String,
+    /// Rows waiting (with `after_publish = "mark"`: not yet published); `None` if unreadable.
+    pub(crate) rows: Option<i64>,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DeadLetters {
+    /// Not redriven yet.
+    pub(crate) live: i64,
+    /// Shard keys with a live dead letter.
+    pub(crate) keys: i64,
+    pub(crate) awaiting_redrive: i64,
+}
+
+pub(crate) async fn status(config: &Config, json: bool) -> Result<(), RelayError> {
+    let report = read(config).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+/// Reads the report from Postgres.
+pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
     let session =
         Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
             .await?;
     let client = session.client();
     let name = &config.pipeline.name;
-    let mode = if config.source.mode == SourceMode::Wal { "wal" } else { "poll" };
-    println!("pipeline {name:?} ({mode} → {})", sink_kind(config));
-
     let row = session
         .timed(
             "reading the pipeline (is `outbox-relay migrate` applied?)",
@@ -25,6 +114,15 @@ pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
             ),
         )
         .await?;
+    let recorded = row.map(|row| Recorded {
+        leader: row.get(0),
+        leader_since: row.get(1),
+        state: row.get(2),
+        state_since: row.get(3),
+        state_detail: row.get(4),
+        checkpoint: row.get(5),
+        max_sent: row.get(6),
+    });
     let lock = session
         .timed(
             "reading the pipeline lock",
@@ -38,56 +136,52 @@ pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
             ),
         )
         .await?;
-    match &lock {
-        Some(lock) => println!(
-            "  leader:      pid {} ({}, from {}) holds the pipeline lock",
-            lock.get::<_, i32>(0),
-            lock.get::<_, String>(1),
-            lock.get::<_, String>(2)
-        ),
-        None => println!("  leader:      none (no relay holds the pipeline lock)"),
-    }
-    match &row {
-        None => println!("  state:       never started"),
-        Some(row) => {
-            let text = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_else(|| "-".into());
-            println!("  last leader: {} since {}", text(0), text(1));
-            let state =
-                if lock.is_some() { text(2) } else { format!("{} (when it last ran)", text(2)) };
-            println!("  state:       {state} since {}", text(3));
-            if let Some(detail) = row.get::<_, Option<String>>(4) {
-                println!("  last error:  {detail}");
-            }
-            println!("  checkpoint:  {} (acknowledged)", text(5));
-            println!("  max sent:    {} (written before sending)", text(6));
-        }
-    }
+    let leader = lock.map(|row| Leader {
+        pid: row.get(0),
+        application_name: row.get(1),
+        client_addr: row.get(2),
+    });
 
-    if config.source.mode == SourceMode::Wal {
-        let slot = session
+    let slot = if config.source.mode == SourceMode::Wal {
+        let row = session
             .timed(
                 "reading the replication slot",
                 client.query_opt(
                     "select confirmed_flush_lsn::text, \
                             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
-                            wal_status, active \
+                            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
+                            safe_wal_size, wal_status, active \
                      from pg_replication_slots where slot_name = $1",
                     &[&config.source.slot],
                 ),
             )
             .await?;
-        match slot {
-            Some(slot) => println!(
-                "  slot:        {} confirmed at {}, {} bytes of WAL behind, wal_status {}, {}",
-                config.source.slot,
-                slot.get::<_, Option<String>>(0).unwrap_or_default(),
-                slot.get::<_, Option<i64>>(1).unwrap_or_default(),
-                slot.get::<_, Option<String>>(2).unwrap_or_default(),
-                if slot.get::<_, bool>(3) { "streaming" } else { "not streaming" }
-            ),
-            None => println!("  slot:        {} does not exist", config.source.slot),
-        }
-    }
+        let name = config.source.slot.clone();
+        Some(match row {
+            Some(row) => Slot {
+                name,
+                exists: true,
+                confirmed_flush_lsn: row.get(0),
+                lag_bytes: row.get(1),
+                retained_bytes: row.get(2),
+                safe_wal_bytes: row.get(3),
+                wal_status: row.get(4),
+                active: row.get(5),
+            },
+            None => Slot {
+                name,
+                exists: false,
+                confirmed_flush_lsn: None,
+                lag_bytes: None,
+                retained_bytes: None,
+                safe_wal_bytes: None,
+                wal_status: None,
+                active: false,
+            },
+        })
+    } else {
+        None
+    };
 
     let table: TableName = config.source.table.parse()?;
     let unpublished = if config.source.after_publish == crate::config::AfterPublishConfig::Mark {
@@ -101,10 +195,12 @@ pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
             client.query_one(&format!("select count(*) from {}{unpublished}", table.quoted()), &[]),
         )
         .await;
-    match backlog {
-        Ok(row) => println!("  outbox:      {} rows in {table}", row.get::<_, i64>(0)),
-        Err(error) => println!("  outbox:      {table}: {}", crate::sink::chain(&error)),
-    }
+    let outbox = match backlog {
+        Ok(row) => Outbox { table: table.to_string(), rows: Some(row.get(0)), error: None },
+        Err(error) => {
+            Outbox { table: table.to_string(), rows: None, error: Some(crate::sink::chain(&error)) }
+        }
+    };
     let dead = session
         .timed(
             "counting dead letters",
@@ -116,13 +212,83 @@ pub(crate) async fn status(config: &Config) -> Result<(), RelayError> {
             ),
         )
         .await?;
+    let dead_letters =
+        DeadLetters { live: dead.get(0), keys: dead.get(1), awaiting_redrive: dead.get(2) };
+    Ok(Report {
+        pipeline: name.clone(),
+        source: if config.source.mode == SourceMode::Wal { "wal" } else { "poll" },
+        sink: sink_kind(config),
+        leader,
+        recorded,
+        slot,
+        outbox,
+        dead_letters,
+    })
+}
+
+fn print_text(report: &Report) {
+    println!("pipeline {:?} ({} → {})", report.pipeline, report.source, report.sink);
+    match &report.leader {
+        Some(lock) => println!(
+            "  leader:      pid {} ({}, from {}) holds the pipeline lock",
+            lock.pid, lock.application_name, lock.client_addr
+        ),
+        None => println!("  leader:      none (no relay holds the pipeline lock)"),
+    }
+    match &report.recorded {
+        None => println!("  state:       never started"),
+        Some(recorded) => {
+            let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+            println!(
+                "  last leader: {} since {}",
+                text(&recorded.leader),
+                text(&recorded.leader_since)
+            );
+            let state = if report.leader.is_some() {
+                text(&recorded.state)
+            } else {
+                format!("{} (when it last ran)", text(&recorded.state))
+            };
+            println!("  state:       {state} since {}", text(&recorded.state_since));
+            if let Some(detail) = &recorded.state_detail {
+                println!("  last error:  {detail}");
+            }
+            println!("  checkpoint:  {} (acknowledged)", text(&recorded.checkpoint));
+            println!("  max sent:    {} (written before sending)", text(&recorded.max_sent));
+        }
+    }
+    if let Some(slot) = &report.slot {
+        if slot.exists {
+            println!(
+                "  slot:        {} confirmed at {}, {} bytes of WAL behind, wal_status {}, {}",
+                slot.name,
+                slot.confirmed_flush_lsn.clone().unwrap_or_default(),
+                slot.lag_bytes.unwrap_or_default(),
+                slot.wal_status.clone().unwrap_or_default(),
+                if slot.active { "streaming" } else { "not streaming" }
+            );
+            println!(
+                "               keeps {} bytes of WAL on the server{}",
+                slot.retained_bytes.unwrap_or_default(),
+                slot.safe_wal_bytes.map_or_else(String::new, |safe| format!(
+                    ", {safe} bytes from invalidation (max_slot_wal_keep_size)"
+                ))
+            );
+        } else {
+            println!("  slot:        {} does not exist", slot.name);
+        }
+    }
+    match (&report.outbox.rows, &report.outbox.error) {
+        (Some(rows), _) => println!("  outbox:      {rows} rows in {}", report.outbox.table),
+        (None, error) => {
+            println!("  outbox:      {}: {}", report.outbox.table, error.as_deref().unwrap_or("?"))
+        }
+    }
+    let dead = &report.dead_letters;
     println!(
         "  dead letters: {} live, holding {} keys, {} awaiting redrive (outbox-relay dlq list)",
-        dead.get::<_, i64>(0),
-        dead.get::<_, i64>(1),
-        dead.get::<_, i64>(2)
+        dead.live, dead.keys, dead.awaiting_redrive
     );
-    Ok(())
 }
 
 fn sink_kind(config: &Config) -> &'static str {

@@ -162,6 +162,30 @@ topic = "{prefix}.${{aggregatetype}}"
     let got: Vec<_> = read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
     assert_eq!(got.len(), 1, "the good entry went out: {got:?}");
 
+    // `status --json` says the same, in its documented fields.
+    let out = command(&config, &["status", "--json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(status["pipeline"], "default");
+    assert_eq!((status["source"].as_str(), status["sink"].as_str()), (Some("wal"), Some("kafka")));
+    assert_eq!(status["leader"]["application_name"], "outbox-relay:default", "{status:#}");
+    assert_eq!(status["recorded"]["state"], "running", "{status:#}");
+    let slot_json = &status["slot"];
+    assert_eq!(
+        (&slot_json["name"], &slot_json["exists"]),
+        (&serde_json::json!(slot), &serde_json::json!(true))
+    );
+    assert_eq!(slot_json["active"], true, "{status:#}");
+    assert!(slot_json["retained_bytes"].as_i64().unwrap() > 0, "{status:#}");
+    let safe_json = slot_json["safe_wal_bytes"].as_f64().unwrap();
+    assert!(safe_json > 9.0 * gib && safe_json < 11.0 * gib, "{status:#}");
+    assert_eq!(status["outbox"]["rows"], 0, "{status:#}");
+    assert_eq!(status["dead_letters"]["live"], 1, "{status:#}");
+    assert_eq!(status["dead_letters"]["keys"], 1, "{status:#}");
+    let text = command(&config, &["status"]).await.stdout;
+    assert!(text.contains("bytes from invalidation (max_slot_wal_keep_size)"), "{text}");
+    println!("status --json:\n{}", out.stdout);
+
     admin.batch_execute("alter system reset max_slot_wal_keep_size").await.unwrap();
     admin.batch_execute("select pg_reload_conf()").await.unwrap();
     wait_for("the unlimited slot to show as -1", Duration::from_secs(30), || async move {
