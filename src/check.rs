@@ -12,28 +12,52 @@ use crate::sink::chain;
 #[derive(Debug, Default)]
 struct Report {
     total: usize,
-    failed: usize,
+    /// What failed, and why (with what to do).
+    failures: Vec<(String, String)>,
+    /// Collect only (for `doctor`), print nothing.
+    quiet: bool,
 }
 
 impl Report {
     fn pass(&mut self, what: &str, detail: impl AsRef<str>) {
         self.total += 1;
-        println!("[ok]   {what}: {}", detail.as_ref());
+        if !self.quiet {
+            println!("[ok]   {what}: {}", detail.as_ref());
+        }
     }
 
     fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
         self.total += 1;
-        self.failed += 1;
-        println!("[FAIL] {what}: {}", detail.as_ref());
+        self.failures.push((what.to_owned(), detail.as_ref().to_owned()));
+        if !self.quiet {
+            println!("[FAIL] {what}: {}", detail.as_ref());
+        }
     }
 
     fn warn(&mut self, what: &str, detail: impl AsRef<str>) {
-        println!("[warn] {what}: {}", detail.as_ref());
+        if !self.quiet {
+            println!("[warn] {what}: {}", detail.as_ref());
+        }
     }
 }
 
 pub(crate) async fn check(config: &Config) -> Result<(), RelayError> {
-    let mut report = Report::default();
+    let report = run(config, false).await?;
+    let failed = report.failures.len();
+    println!("{} of {} checks passed", report.total - failed, report.total);
+    if failed > 0 {
+        return Err(RelayError::Check { failed, total: report.total });
+    }
+    Ok(())
+}
+
+/// The checks that fail, each as (what, why and what to do), printing nothing.
+pub(crate) async fn failures(config: &Config) -> Result<Vec<(String, String)>, RelayError> {
+    Ok(run(config, true).await?.failures)
+}
+
+async fn run(config: &Config, quiet: bool) -> Result<Report, RelayError> {
+    let mut report = Report { quiet, ..Report::default() };
     report.pass("config", format!("pipeline {:?} is valid", config.pipeline.name));
     let router = Router::new(&config.route, &config.pipeline.name)?;
 
@@ -46,12 +70,7 @@ pub(crate) async fn check(config: &Config) -> Result<(), RelayError> {
         Err(error) => report.fail("postgres", chain(&error)),
     }
     check_sink(config, &mut report).await;
-
-    println!("{} of {} checks passed", report.total - report.failed, report.total);
-    if report.failed > 0 {
-        return Err(RelayError::Check { failed: report.failed, total: report.total });
-    }
-    Ok(())
+    Ok(report)
 }
 
 async fn check_database(session: &Session, config: &Config, router: &Router, report: &mut Report) {

@@ -40,6 +40,9 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain in plain words why the pipeline is not publishing, the slot not advancing or
+    /// rows not draining, each problem with what to run; exits 1 when it finds one.
+    Doctor,
     /// Entries set aside by `pipeline.on_poison = "dead-letter"`.
     #[command(subcommand)]
     Dlq(DlqCommand),

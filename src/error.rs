@@ -65,6 +65,8 @@ pub(crate) enum RelayError {
     Dlq(String),
     #[error("{failed} of {total} checks failed")]
     Check { failed: usize, total: usize },
+    #[error("doctor found {problems} problem(s)")]
+    Doctor { problems: usize },
 }
 
 impl RelayError {
@@ -96,7 +98,8 @@ impl RelayError {
             | Self::MigrationEdited { .. }
             | Self::Postgres(_)
             | Self::Dlq(_)
-            | Self::Check { .. } => 1,
+            | Self::Check { .. }
+            | Self::Doctor { .. } => 1,
         }
     }
 }

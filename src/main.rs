@@ -6,6 +6,7 @@ mod check;
 mod cli;
 mod config;
 mod dlq;
+mod doctor;
 mod error;
 mod gauges;
 mod leader;
@@ -73,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check => check::check(&config).await?,
         Command::Status { json } => status::status(&config, json).await?,
+        Command::Doctor => doctor::doctor(&config).await?,
         Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
         Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {
             let wait = (!no_wait).then_some(timeout);

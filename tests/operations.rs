@@ -237,3 +237,98 @@ async fn exit_codes_tell_a_wrong_config_from_a_database_to_migrate() {
     let (status, stderr) = code(unreachable, &["check"]).await;
     assert_eq!(status, Some(1), "a failed check: {stderr}");
 }
+
+fn doctor_config(db: &str, prefix: &str, source: &str, sink: &str, route: &str) -> String {
+    format!(
+        "[postgres]\nurl = \"{db}\"\n[pipeline]\nretry_max_backoff = \"1s\"\n{source}\n{sink}\n\
+         [route]\ntopic = \"{prefix}.${{aggregatetype}}\"\n{route}\n"
+    )
+}
+
+/// `doctor` on four pipelines: a healthy one, one whose broker is down, a halted one, and one
+/// whose slot no relay reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
+    let kafka = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
+    let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+                  values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
+
+    // Healthy: a relay runs and the outbox drains.
+    let db = fresh_database("doc_ok").await;
+    let prefix = unique("docok");
+    create_topic(&services().kafka, &format!("{prefix}.order"), 1).await;
+    let config = doctor_config(&db, &prefix, "", &kafka, "");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client.execute(insert, &[]).await.unwrap();
+    let relay = Relay::spawn(&config);
+    let client = &client;
+    wait_for("the outbox to drain", Duration::from_secs(60), || async move {
+        support::pg::count(client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    let out = command(&config, &["doctor"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("healthy") && out.stdout.contains("a relay leads"), "{out:?}");
+    println!("doctor, healthy:\n{}", out.stdout);
+    drop(relay);
+
+    // The broker is down: the relay retries, and `check` cannot reach it.
+    let db = fresh_database("doc_broker").await;
+    let prefix = unique("docbroker");
+    let port = support::free_port();
+    let rabbit = format!(
+        "[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n\
+         connect_timeout = \"1s\"\n"
+    );
+    let config = doctor_config(&db, &prefix, "", &rabbit, "");
+    migrate(&config).await;
+    connect(&db).await.execute(insert, &[]).await.unwrap();
+    let relay = Relay::spawn(&config);
+    let config_ref = &config;
+    wait_for("the relay to retry", Duration::from_secs(60), || async move {
+        let out = command(config_ref, &["status", "--json"]).await.stdout;
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|status| status["recorded"]["state"] == "retrying")
+    })
+    .await;
+    let out = command(&config, &["doctor"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("The relay has been retrying since"), "{}", out.stdout);
+    assert!(out.stdout.contains("`check` fails on rabbitmq: cannot connect"), "{}", out.stdout);
+    println!("doctor, broker down:\n{}", out.stdout);
+    drop(relay);
+
+    // Halted on a poison entry (a NULL shard key).
+    let db = fresh_database("doc_halt").await;
+    let prefix = unique("dochalt");
+    let config = doctor_config(&db, &prefix, "", &kafka, "key = \"${tenant}\"");
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client.batch_execute("alter table outbox add column tenant text").await.unwrap();
+    client.execute(insert, &[]).await.unwrap();
+    let mut relay = Relay::spawn(&config);
+    assert_eq!(relay.wait(Duration::from_secs(60)).await.code(), Some(1), "{}", relay.log());
+    let out = command(&config, &["doctor"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("The relay halted at"), "{}", out.stdout);
+    assert!(out.stdout.contains("halted on poison message: entry"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 row(s) wait in public.outbox"), "{}", out.stdout);
+    println!("doctor, halted:\n{}", out.stdout);
+
+    // A slot no relay reads holds WAL.
+    let db = fresh_database("doc_slot").await;
+    let (slot, prefix) = (unique("slot"), unique("docslot"));
+    let source = format!("[source]\nmode = \"wal\"\nslot = \"{slot}\"");
+    let config = doctor_config(&db, &prefix, &source, &kafka, "");
+    migrate(&config).await;
+    connect(&db).await.execute(insert, &[]).await.unwrap();
+    let out = command(&config, &["doctor"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("No relay has ever run this pipeline"), "{}", out.stdout);
+    assert!(out.stdout.contains("is not streaming and keeps"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("pg_drop_replication_slot('{slot}')")), "{}", out.stdout);
+    println!("doctor, inactive slot:\n{}", out.stdout);
+    let admin = connect(&services().pg).await;
+    admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
+}
