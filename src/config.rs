@@ -353,6 +353,13 @@ pub(crate) struct RouteConfig {
     /// Headers besides `id` and `outbox-position` (always sent). Replaces the default
     /// `{ type = "${type}" }` when given.
     pub(crate) headers: BTreeMap<String, String>,
+    /// Reply channel of a command (request/asynchronous reply), e.g. "${reply_to}": Kafka
+    /// header `reply-to`, AMQP property `reply_to`. "" (default) sends none; a NULL column
+    /// sends none for that entry (an event among commands).
+    pub(crate) reply_to: String,
+    /// Correlation id of a command or reply, e.g. "${correlation_id}": Kafka header
+    /// `correlation-id`, AMQP property `correlation_id`. "" and NULL as for `reply_to`.
+    pub(crate) correlation_id: String,
 }
 
 impl Default for RouteConfig {
@@ -361,6 +368,8 @@ impl Default for RouteConfig {
             topic: "outbox.event.${aggregatetype}".into(),
             key: "${aggregateid}".into(),
             headers: BTreeMap::from([("type".into(), "${type}".into())]),
+            reply_to: String::new(),
+            correlation_id: String::new(),
         }
     }
 }

@@ -11,7 +11,8 @@ use crate::config::RouteConfig;
 use crate::error::RelayError;
 
 use outbox_relay_core::headers::{
-    self, ID as ID_HEADER, PIPELINE as PIPELINE_HEADER, POSITION as POSITION_HEADER,
+    self, CORRELATION_ID, ID as ID_HEADER, PIPELINE as PIPELINE_HEADER,
+    POSITION as POSITION_HEADER, REPLY_TO,
 };
 
 /// An entry that cannot become a message, handed back with the reason (to halt on, or to set
@@ -69,6 +70,15 @@ impl Template {
         })
     }
 
+    /// As [`Self::render`], but a NULL column means "none" (`Ok(None)`).
+    fn render_optional(&self, entry: &Entry) -> Result<Option<String>, String> {
+        let null = self.columns().any(|name| matches!(entry.fields.get(name), Some(None)));
+        if null {
+            return Ok(None);
+        }
+        self.render(entry).map(Some)
+    }
+
     /// Substitutes the entry's columns; `Err` names the column that is NULL or absent.
     fn render(&self, entry: &Entry) -> Result<String, String> {
         let mut out = String::new();
@@ -91,6 +101,8 @@ pub(crate) struct Router {
     topic: Template,
     key: Option<Template>,
     headers: Vec<(Arc<str>, Template)>,
+    /// Headers sent only when their columns are not NULL: reply channel and correlation id.
+    optional: Vec<(&'static str, Arc<str>, Template)>,
     id_header: Arc<str>,
     position_header: Arc<str>,
     pipeline_header: Header,
@@ -124,12 +136,33 @@ impl Router {
                     ),
                 });
             }
+            if let Some(key) =
+                [(REPLY_TO, "route.reply_to"), (CORRELATION_ID, "route.correlation_id")]
+                    .iter()
+                    .find_map(|(header, key)| name.eq_ignore_ascii_case(header).then_some(key))
+            {
+                return Err(RelayError::Template {
+                    key: "route.headers",
+                    template: name.clone(),
+                    reason: format!("set {key} instead (it maps to each broker's own place)"),
+                });
+            }
             headers.push((Arc::from(name.as_str()), Template::parse("route.headers", template)?));
+        }
+        let mut optional = Vec::new();
+        for (key, header, template) in [
+            ("route.reply_to", REPLY_TO, &config.reply_to),
+            ("route.correlation_id", CORRELATION_ID, &config.correlation_id),
+        ] {
+            if !template.is_empty() {
+                optional.push((key, Arc::from(header), Template::parse(key, template)?));
+            }
         }
         Ok(Self {
             topic,
             key,
             headers,
+            optional,
             id_header: Arc::from(ID_HEADER),
             position_header: Arc::from(POSITION_HEADER),
             pipeline_header: Header { name: Arc::from(PIPELINE_HEADER), value: pipeline.into() },
@@ -142,7 +175,9 @@ impl Router {
         let key = self.key.iter().flat_map(|k| k.columns()).map(|c| ("route.key", c));
         let headers =
             self.headers.iter().flat_map(|(_, t)| t.columns()).map(|c| ("route.headers", c));
-        topic.chain(key).chain(headers)
+        let optional =
+            self.optional.iter().flat_map(|(key, _, t)| t.columns().map(move |c| (*key, c)));
+        topic.chain(key).chain(headers).chain(optional)
     }
 
     /// Routes one entry. `Err` means the entry is poison (see the module invariant).
@@ -198,6 +233,13 @@ impl Router {
         for (name, template) in &self.headers {
             let value = template.render(entry).map_err(|r| format!("header {name:?}: {r}"))?;
             headers.push(Header { name: Arc::clone(name), value });
+        }
+        for (key, name, template) in &self.optional {
+            if let Some(value) =
+                template.render_optional(entry).map_err(|r| format!("{key}: {r}"))?
+            {
+                headers.push(Header { name: Arc::clone(name), value });
+            }
         }
         Ok((destination, key, headers))
     }
@@ -300,11 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn reply_to_and_correlation_id_are_sent_unless_their_column_is_null() {
+        let config = RouteConfig {
+            reply_to: "replies.${aggregateid}".into(),
+            correlation_id: "${aggregateid}".into(),
+            ..RouteConfig::default()
+        };
+        let router = Router::new(&config, "p1").unwrap();
+        let columns: Vec<_> = router.columns().map(|(key, _)| key).collect();
+        assert!(columns.contains(&"route.reply_to") && columns.contains(&"route.correlation_id"));
+        let message = router.route(entry(Some("42"))).unwrap();
+        let value =
+            |name: &str| message.headers.iter().find(|h| &*h.name == name).map(|h| h.value.clone());
+        assert_eq!(value(REPLY_TO).as_deref(), Some("replies.42"));
+        assert_eq!(value(CORRELATION_ID).as_deref(), Some("42"));
+
+        // A NULL column means no reply channel (an event), not poison — here the key is
+        // left out so that the NULL aggregateid does not make the entry poison for its key.
+        let keyless = RouteConfig { key: String::new(), ..config };
+        let message = Router::new(&keyless, "p1").unwrap().route(entry(None)).unwrap();
+        assert!(message.headers.iter().all(|h| &*h.name != REPLY_TO && &*h.name != CORRELATION_ID));
+
+        let mut headers = RouteConfig::default().headers;
+        headers.insert("Reply-To".into(), "${aggregateid}".into());
+        let error = Router::new(&RouteConfig { headers, ..RouteConfig::default() }, "p1")
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("set route.reply_to instead"), "{error}");
+    }
+
+    #[test]
     fn templates_mix_literals_and_columns_and_reject_bad_syntax() {
         let config = RouteConfig {
             topic: "${aggregatetype}-events.${type}".into(),
             key: String::new(),
             headers: Default::default(),
+            ..RouteConfig::default()
         };
         let router = Router::new(&config, "p1").unwrap();
         let message = router.route(entry(Some("1"))).unwrap();

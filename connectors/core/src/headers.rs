@@ -10,6 +10,13 @@ pub const PIPELINE: &str = "outbox-pipeline";
 /// `true` on a message that may have been delivered before (RabbitMQ; Kafka suppresses them).
 pub const REDELIVERED: &str = "outbox-redelivered";
 
+/// Where the reply to a command goes (request/asynchronous reply): a Kafka header, and the
+/// AMQP `reply_to` property. Set by `route.reply_to`, or by a logical message's envelope header.
+pub const REPLY_TO: &str = "reply-to";
+/// What a reply quotes so the requester can match it: a Kafka header, and the AMQP
+/// `correlation_id` property. Set by `route.correlation_id`, or by an envelope header.
+pub const CORRELATION_ID: &str = "correlation-id";
+
 /// Whether `name` belongs to the relay: `id` and every `outbox-` name, compared without ASCII
 /// case (consumers and brokers differ on case, so a forged `ID` or `Outbox-Position` is refused
 /// too). A route header or an entry header with such a name would shadow (Kafka: Java's

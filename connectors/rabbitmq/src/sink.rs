@@ -16,6 +16,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus,
     ExchangeKind,
 };
+use outbox_relay_core::headers::{CORRELATION_ID, REPLY_TO};
 use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
 
 use crate::{RabbitSinkError, Topology};
@@ -427,6 +428,12 @@ fn validate(message: &Message, limit: usize) -> Result<(), RabbitSinkError> {
             return Err(RabbitSinkError::NameTooLong { id: message.id.clone(), what, len });
         }
     }
+    for (what, name) in [("the reply-to", REPLY_TO), ("the correlation id", CORRELATION_ID)] {
+        let len = last_header(message, name).map_or(0, str::len);
+        if len > SHORT_STRING_MAX {
+            return Err(RabbitSinkError::NameTooLong { id: message.id.clone(), what, len });
+        }
+    }
     // Header table keys are AMQP short strings too.
     if let Some(header) = message.headers.iter().find(|h| h.name.len() > SHORT_STRING_MAX) {
         return Err(RabbitSinkError::NameTooLong {
@@ -457,6 +464,8 @@ fn header_frame_size(message: &Message) -> usize {
         + 8
         + short(kind)
         + 4
+        + short(last_header(message, REPLY_TO).map_or(0, str::len))
+        + short(last_header(message, CORRELATION_ID).map_or(0, str::len))
         + table
 }
 
@@ -486,7 +495,22 @@ fn properties(message: &Message) -> BasicProperties {
             properties = properties.with_type(kind.value.as_str().into());
         }
     }
+    // Request/asynchronous reply in AMQP's own properties (also kept in the header table, as
+    // `type` is); `validate` refused values too long for them.
+    if let Some(reply_to) = last_header(message, REPLY_TO) {
+        properties = properties.with_reply_to(reply_to.into());
+    }
+    if let Some(correlation_id) = last_header(message, CORRELATION_ID) {
+        properties = properties.with_correlation_id(correlation_id.into());
+    }
     properties
+}
+
+/// The value of the last header called `name` (any ASCII case): an entry's own header comes
+/// after the routed ones and wins, as Kafka consumers' `lastHeader` has it.
+fn last_header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
+    let header = message.headers.iter().rev().find(|h| h.name.eq_ignore_ascii_case(name))?;
+    Some(header.value.as_str())
 }
 
 /// FNV-1a of the key, modulo the lane count: stable across runs and processes.
@@ -595,11 +619,32 @@ mod tests {
     }
 
     #[test]
+    fn reply_to_and_correlation_id_become_amqp_properties_and_must_fit_them() {
+        let header = |name: &str, value: String| Header { name: Arc::from(name), value };
+        let command = message(vec![
+            header(REPLY_TO, "replies".into()),
+            header(CORRELATION_ID, "c-1".into()),
+            header("Reply-To", "own".into()), // the entry's own header comes last and wins
+        ]);
+        let properties = properties(&command);
+        assert_eq!(properties.reply_to().as_ref().map(|s| s.as_str()), Some("own"));
+        assert_eq!(properties.correlation_id().as_ref().map(|s| s.as_str()), Some("c-1"));
+        assert!(validate(&command, 1 << 20).is_ok());
+        let long = message(vec![header(CORRELATION_ID, "c".repeat(256))]);
+        let err = validate(&long, 1 << 20).unwrap_err();
+        assert!(matches!(err, RabbitSinkError::NameTooLong { what: "the correlation id", .. }));
+    }
+
+    #[test]
     fn the_header_frame_bound_is_never_below_what_lapin_writes() {
         use lapin::protocol::basic::gen_properties;
         for headers in [
             vec![],
             vec![Header { name: Arc::from("type"), value: "OrderCreated".into() }],
+            vec![
+                Header { name: Arc::from(REPLY_TO), value: "r".repeat(200) },
+                Header { name: Arc::from(CORRELATION_ID), value: "c".repeat(255) },
+            ],
             (0..50)
                 .map(|i| Header {
                     name: Arc::from(format!("h{i}").as_str()),
