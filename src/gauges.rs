@@ -10,6 +10,7 @@ use outbox_relay_postgres::Session;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceMode};
+use crate::status::{DeadLetters, Slot};
 use crate::telemetry::Telemetry;
 
 /// How often the gauges are read (a Prometheus scrape interval, give or take).
@@ -52,39 +53,15 @@ async fn read(
     telemetry: &Telemetry,
 ) -> Result<(), outbox_relay_postgres::PostgresError> {
     let metrics = &telemetry.metrics;
-    let client = session.client();
     if config.source.mode == SourceMode::Wal {
-        let slot = session
-            .timed(
-                "reading the replication slot's WAL",
-                client.query_opt(
-                    "select pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
-                            pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
-                            safe_wal_size \
-                     from pg_replication_slots where slot_name = $1",
-                    &[&config.source.slot],
-                ),
-            )
-            .await?;
         // A missing slot (or one invalidated: no restart_lsn) holds nothing; the source says why.
-        let (retained, behind, safe) = slot.map_or((None, None, None), |row| {
-            (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1), row.get(2))
-        });
-        metrics.slot_wal_retained.set(retained.unwrap_or(0));
-        metrics.slot_lag.set(behind.unwrap_or(0));
+        let slot = Slot::read(session, &config.source.slot).await?;
+        metrics.slot_wal_retained.set(slot.retained_bytes.unwrap_or(0));
+        metrics.slot_lag.set(slot.lag_bytes.unwrap_or(0));
         // NULL when max_slot_wal_keep_size = -1: no limit.
-        metrics.slot_safe_wal.set(safe.unwrap_or(-1));
+        metrics.slot_safe_wal.set(slot.safe_wal_bytes.unwrap_or(-1));
     }
-    let waiting = session
-        .timed(
-            "counting dead letters",
-            client.query_one(
-                "select count(*) from outbox_relay.dead_letters \
-                 where pipeline = $1 and redriven_at is null",
-                &[&config.pipeline.name],
-            ),
-        )
-        .await?;
-    metrics.dead_letters_waiting.set(waiting.get::<_, i64>(0));
+    let dead = DeadLetters::read(session, &config.pipeline.name).await?;
+    metrics.dead_letters_waiting.set(dead.live);
     Ok(())
 }

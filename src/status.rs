@@ -3,7 +3,7 @@
 //! status only reads, and the JSON fields are a documented, stable interface (README "status
 //! --json"): fields are added, never renamed or removed.
 
-use outbox_relay_postgres::{Session, TableName};
+use outbox_relay_postgres::{PostgresError, Session, TableName};
 use serde::Serialize;
 
 use crate::config::{Config, SourceMode};
@@ -52,7 +52,7 @@ pub(crate) struct Recorded {
     pub(crate) max_sent: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct Slot {
     pub(crate) name: String,
     pub(crate) exists: bool,
@@ -143,42 +143,7 @@ pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
     });
 
     let slot = if config.source.mode == SourceMode::Wal {
-        let row = session
-            .timed(
-                "reading the replication slot",
-                client.query_opt(
-                    "select confirmed_flush_lsn::text, \
-                            pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
-                            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
-                            safe_wal_size, wal_status, active \
-                     from pg_replication_slots where slot_name = $1",
-                    &[&config.source.slot],
-                ),
-            )
-            .await?;
-        let name = config.source.slot.clone();
-        Some(match row {
-            Some(row) => Slot {
-                name,
-                exists: true,
-                confirmed_flush_lsn: row.get(0),
-                lag_bytes: row.get(1),
-                retained_bytes: row.get(2),
-                safe_wal_bytes: row.get(3),
-                wal_status: row.get(4),
-                active: row.get(5),
-            },
-            None => Slot {
-                name,
-                exists: false,
-                confirmed_flush_lsn: None,
-                lag_bytes: None,
-                retained_bytes: None,
-                safe_wal_bytes: None,
-                wal_status: None,
-                active: false,
-            },
-        })
+        Some(Slot::read(&session, &config.source.slot).await?)
     } else {
         None
     };
@@ -201,19 +166,7 @@ pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
             Outbox { table: table.to_string(), rows: None, error: Some(crate::sink::chain(&error)) }
         }
     };
-    let dead = session
-        .timed(
-            "counting dead letters",
-            client.query_one(
-                "select count(*), count(distinct shard_key), \
-                        count(*) filter (where redrive_requested_at is not null) \
-                 from outbox_relay.dead_letters where pipeline = $1 and redriven_at is null",
-                &[name],
-            ),
-        )
-        .await?;
-    let dead_letters =
-        DeadLetters { live: dead.get(0), keys: dead.get(1), awaiting_redrive: dead.get(2) };
+    let dead_letters = DeadLetters::read(&session, name).await?;
     Ok(Report {
         pipeline: name.clone(),
         source: if config.source.mode == SourceMode::Wal { "wal" } else { "poll" },
@@ -224,6 +177,57 @@ pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
         outbox,
         dead_letters,
     })
+}
+
+impl Slot {
+    /// Replication slot `name` as the server sees it (`exists: false` when there is none).
+    pub(crate) async fn read(session: &Session, name: &str) -> Result<Slot, PostgresError> {
+        let row = session
+            .timed(
+                "reading the replication slot",
+                session.client().query_opt(
+                    "select confirmed_flush_lsn::text, \
+                            pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
+                            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
+                            safe_wal_size, wal_status, active \
+                     from pg_replication_slots where slot_name = $1",
+                    &[&name],
+                ),
+            )
+            .await?;
+        let name = name.to_owned();
+        Ok(match row {
+            Some(row) => Slot {
+                name,
+                exists: true,
+                confirmed_flush_lsn: row.get(0),
+                lag_bytes: row.get(1),
+                retained_bytes: row.get(2),
+                safe_wal_bytes: row.get(3),
+                wal_status: row.get(4),
+                active: row.get(5),
+            },
+            None => Slot { name, ..Slot::default() },
+        })
+    }
+}
+
+impl DeadLetters {
+    /// The live dead letters of `pipeline`.
+    pub(crate) async fn read(session: &Session, pipeline: &str) -> Result<Self, PostgresError> {
+        let row = session
+            .timed(
+                "counting dead letters",
+                session.client().query_one(
+                    "select count(*), count(distinct shard_key), \
+                            count(*) filter (where redrive_requested_at is not null) \
+                     from outbox_relay.dead_letters where pipeline = $1 and redriven_at is null",
+                    &[&pipeline],
+                ),
+            )
+            .await?;
+        Ok(DeadLetters { live: row.get(0), keys: row.get(1), awaiting_redrive: row.get(2) })
+    }
 }
 
 fn print_text(report: &Report) {
