@@ -176,8 +176,6 @@ async fn apply(session: &Session, migration: &Migration, checksum: &str) -> Resu
     result.map_err(fail)
 }
 
-/// Versions the binary knows, for `check`.
-/// The newest migration applied to the database (0 before the first).
 /// The newest migration applied to the database; 0 when none is (not even the schema exists).
 pub(crate) async fn applied_version(session: &Session) -> Result<i32, PostgresError> {
     let what = "reading the relay schema's version";

@@ -55,12 +55,12 @@ pub(crate) struct RelayState {
 }
 
 impl RelayState {
-    /// Connects and reads what the previous run left.
+    /// Connects and reads what the previous run left (`leader::acquire` has checked that the
+    /// schema is at this relay's version).
     pub(crate) async fn open(config: &Config, lease: Lease) -> Result<Self, RelayError> {
         let session =
             Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
                 .await?;
-        crate::migrate::require_latest(&session).await?;
         let pipeline = config.pipeline.name.clone();
         let row = session
             .timed(
