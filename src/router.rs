@@ -15,6 +15,11 @@ use outbox_relay_core::headers::{
     POSITION as POSITION_HEADER, REPLY_TO,
 };
 
+/// Headers sent only when their columns are not NULL, with the config key that sets each
+/// (`route.reply_to`, `route.correlation_id`, in that order); `route.headers` may not name them.
+const OPTIONAL: [(&str, &str); 2] =
+    [(REPLY_TO, "route.reply_to"), (CORRELATION_ID, "route.correlation_id")];
+
 /// An entry that cannot become a message, handed back with the reason (to halt on, or to set
 /// aside).
 #[derive(Debug)]
@@ -136,11 +141,7 @@ impl Router {
                     ),
                 });
             }
-            if let Some(key) =
-                [(REPLY_TO, "route.reply_to"), (CORRELATION_ID, "route.correlation_id")]
-                    .iter()
-                    .find_map(|(header, key)| name.eq_ignore_ascii_case(header).then_some(key))
-            {
+            if let Some((_, key)) = OPTIONAL.iter().find(|(h, _)| name.eq_ignore_ascii_case(h)) {
                 return Err(RelayError::Template {
                     key: "route.headers",
                     template: name.clone(),
@@ -150,10 +151,9 @@ impl Router {
             headers.push((Arc::from(name.as_str()), Template::parse("route.headers", template)?));
         }
         let mut optional = Vec::new();
-        for (key, header, template) in [
-            ("route.reply_to", REPLY_TO, &config.reply_to),
-            ("route.correlation_id", CORRELATION_ID, &config.correlation_id),
-        ] {
+        for ((header, key), template) in
+            OPTIONAL.into_iter().zip([&config.reply_to, &config.correlation_id])
+        {
             if !template.is_empty() {
                 optional.push((key, Arc::from(header), Template::parse(key, template)?));
             }
