@@ -46,6 +46,19 @@ pub struct Session {
     _driver: AbortOnDropHandle<()>,
 }
 
+/// Settings every session of the relay runs with, the walsender's included: the text form of
+/// dates and times does not depend on the server's or the role's defaults (ISO, in UTC), so
+/// templates render, and `time` parses, the same everywhere.
+const TEXT_FORMATS: &str = "-c DateStyle=ISO -c TimeZone=UTC";
+
+/// The startup `options` of a session: the URL's own (if any), then [`TEXT_FORMATS`].
+pub(crate) fn with_text_formats(own: Option<&str>) -> String {
+    match own {
+        Some(own) if !own.trim().is_empty() => format!("{own} {TEXT_FORMATS}"),
+        _ => TEXT_FORMATS.to_string(),
+    }
+}
+
 impl Session {
     /// Connects to `url` (a libpq-style URL or key=value string).
     pub async fn connect(url: &str, options: &SessionOptions) -> Result<Self, PostgresError> {
@@ -54,6 +67,8 @@ impl Session {
             config.application_name(&options.application_name);
         }
         config.connect_timeout(options.connect_timeout);
+        let gucs = with_text_formats(config.get_options());
+        config.options(&gucs);
         // The relay writes (its state, deletes, marks): after a failover it must find the new
         // primary among the hosts listed, never settle on a standby.
         config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);

@@ -119,7 +119,8 @@ impl ReplicationStream {
         .with_status_interval(FLUSH_REPORT_EVERY.min(options.status_interval))
         .with_wakeup_interval(options.status_interval)
         .with_buffer_size(CLIENT_BUFFER)
-        .with_application_name(&options.application_name);
+        .with_application_name(&options.application_name)
+        .with_options(crate::session::with_text_formats(config.get_options()));
 
         let what = "starting logical replication";
         let connecting =
