@@ -3,7 +3,9 @@
 #   1. installs what is missing and starts the services it needs (scripts/services.sh: Postgres
 #      with wal_level=logical on 127.0.0.1:55432, RabbitMQ, Apache Kafka from Maven Central's
 #      jars; Debian packages and jars are installed/cached once)
-#   2. installs cargo-nextest once (cargo install --locked; it runs the crash tests serially)
+#   2. installs cargo-nextest once (cargo install --locked; it runs the crash tests serially), and
+#      the npm packages of tests/js (the CloudEvents SDK and the AsyncAPI parser the tests
+#      check messages with; scripts/js-tools.sh, `npm ci` once)
 #   3. cargo fmt --check, clippy -D warnings, a build of each sink feature alone
 #   4. unit and integration tests against the real services (cargo nextest)
 #   5. stops the services it started
@@ -29,6 +31,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest once (cargo install --locked)" >&2
   cargo install cargo-nextest --locked
 fi
+
+scripts/js-tools.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -222,6 +222,7 @@ mod tests {
             own_headers: 0,
             possible_replay: false,
             redrive: false,
+            cloudevent: None,
         }
     }
 

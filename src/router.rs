@@ -5,20 +5,33 @@
 
 use std::sync::Arc;
 
-use outbox_relay_core::{Entry, Header, Message};
+use outbox_relay_core::cloudevents::{self, CloudEvent};
+use outbox_relay_core::{Entry, Header, Message, PayloadKind};
 
-use crate::config::RouteConfig;
+use crate::config::{CloudEventsConfig, CloudEventsMode, RouteConfig};
 use crate::error::RelayError;
 
 use outbox_relay_core::headers::{
     self, CORRELATION_ID, ID as ID_HEADER, PIPELINE as PIPELINE_HEADER,
-    POSITION as POSITION_HEADER, REPLY_TO,
+    POSITION as POSITION_HEADER, REPLY_TO, TRACEPARENT, TRACESTATE,
 };
 
-/// Headers sent only when their columns are not NULL, with the config key that sets each
-/// (`route.reply_to`, `route.correlation_id`, in that order); `route.headers` may not name them.
-const OPTIONAL: [(&str, &str); 2] =
-    [(REPLY_TO, "route.reply_to"), (CORRELATION_ID, "route.correlation_id")];
+/// Headers sent only when their columns are not NULL, with the config key that sets each, in
+/// the order of [`optional_templates`]; `route.headers` may not name them.
+const OPTIONAL: [(&str, &str); 4] = [
+    (REPLY_TO, "route.reply_to"),
+    (CORRELATION_ID, "route.correlation_id"),
+    (TRACEPARENT, "route.traceparent"),
+    (TRACESTATE, "route.tracestate"),
+];
+
+fn optional_templates(config: &RouteConfig) -> [&String; 4] {
+    [&config.reply_to, &config.correlation_id, &config.traceparent, &config.tracestate]
+}
+
+/// Header name prefixes CloudEvents bindings use (Kafka, AMQP): taken by the relay when
+/// `route.cloudevents` is on.
+const CLOUDEVENTS_PREFIXES: [&str; 2] = ["ce_", "cloudEvents:"];
 
 /// An entry that cannot become a message, handed back with the reason (to halt on, or to set
 /// aside).
@@ -106,8 +119,10 @@ pub(crate) struct Router {
     topic: Template,
     key: Option<Template>,
     headers: Vec<(Arc<str>, Template)>,
-    /// Headers sent only when their columns are not NULL: reply channel and correlation id.
+    /// Headers sent only when their columns are not NULL: reply channel, correlation id, trace
+    /// context.
     optional: Vec<(&'static str, Arc<str>, Template)>,
+    cloudevents: Option<CloudEventsTemplates>,
     id_header: Arc<str>,
     position_header: Arc<str>,
     pipeline_header: Header,
@@ -151,11 +166,21 @@ impl Router {
             headers.push((Arc::from(name.as_str()), Template::parse("route.headers", template)?));
         }
         let mut optional = Vec::new();
-        for ((header, key), template) in
-            OPTIONAL.into_iter().zip([&config.reply_to, &config.correlation_id])
-        {
+        for ((header, key), template) in OPTIONAL.into_iter().zip(optional_templates(config)) {
             if !template.is_empty() {
                 optional.push((key, Arc::from(header), Template::parse(key, template)?));
+            }
+        }
+        let cloudevents = CloudEventsTemplates::new(&config.cloudevents)?;
+        if cloudevents.is_some() {
+            if let Some(name) = config.headers.keys().find(|name| cloudevents_name(name)) {
+                return Err(RelayError::Template {
+                    key: "route.headers",
+                    template: name.clone(),
+                    reason: "`ce_*` and `cloudEvents:*` headers carry the CloudEvents attributes \
+                             (route.cloudevents); rename it"
+                        .into(),
+                });
             }
         }
         Ok(Self {
@@ -163,6 +188,7 @@ impl Router {
             key,
             headers,
             optional,
+            cloudevents,
             id_header: Arc::from(ID_HEADER),
             position_header: Arc::from(POSITION_HEADER),
             pipeline_header: Header { name: Arc::from(PIPELINE_HEADER), value: pipeline.into() },
@@ -177,13 +203,22 @@ impl Router {
             self.headers.iter().flat_map(|(_, t)| t.columns()).map(|c| ("route.headers", c));
         let optional =
             self.optional.iter().flat_map(|(key, _, t)| t.columns().map(move |c| (*key, c)));
-        topic.chain(key).chain(headers).chain(optional)
+        let cloudevents = self.cloudevents.iter().flat_map(CloudEventsTemplates::columns);
+        topic.chain(key).chain(headers).chain(optional).chain(cloudevents)
     }
 
     /// Routes one entry. `Err` means the entry is poison (see the module invariant).
     pub(crate) fn route(&self, entry: Entry) -> Result<Message, Box<Poisoned>> {
-        match self.render(&entry) {
-            Ok((destination, key, headers)) => Ok(into_message(entry, destination, key, headers)),
+        let cloudevent = match &self.cloudevents {
+            Some(templates) => templates.render(&entry).map(|ce| Some(Box::new(ce))),
+            None => Ok(None),
+        };
+        match self.render(&entry).and_then(|parts| Ok((parts, cloudevent?))) {
+            Ok(((destination, key, headers), cloudevent)) => {
+                let mut message = into_message(entry, destination, key, headers);
+                message.cloudevent = cloudevent;
+                Ok(message)
+            }
             Err(reason) => {
                 let error =
                     RelayError::Route { id: entry.id.clone(), position: entry.position, reason };
@@ -215,6 +250,15 @@ impl Router {
                 forged.name
             ));
         }
+        if self.cloudevents.is_some() {
+            if let Some(forged) = entry.headers.iter().find(|h| cloudevents_name(&h.name)) {
+                return Err(format!(
+                    "the entry carries header {:?}, but `ce_*` and `cloudEvents:*` headers carry \
+                     the CloudEvents attributes (route.cloudevents)",
+                    forged.name
+                ));
+            }
+        }
         let destination = self.topic.render(entry).map_err(|r| format!("route.topic: {r}"))?;
         if destination.is_empty() {
             return Err("route.topic rendered to an empty name".into());
@@ -234,15 +278,182 @@ impl Router {
             let value = template.render(entry).map_err(|r| format!("header {name:?}: {r}"))?;
             headers.push(Header { name: Arc::clone(name), value });
         }
+        let mut traced = false;
         for (key, name, template) in &self.optional {
-            if let Some(value) =
-                template.render_optional(entry).map_err(|r| format!("{key}: {r}"))?
-            {
-                headers.push(Header { name: Arc::clone(name), value });
+            let Some(value) = template.render_optional(entry).map_err(|r| format!("{key}: {r}"))?
+            else {
+                continue;
+            };
+            if &**name == TRACEPARENT {
+                // W3C: a malformed traceparent is not propagated (the trace restarts there).
+                traced = headers::is_valid_traceparent(&value);
+                if !traced {
+                    tracing::warn!(id = %entry.id, %value, "not a W3C traceparent; not sent");
+                    continue;
+                }
             }
+            if &**name == TRACESTATE && !traced {
+                continue;
+            }
+            headers.push(Header { name: Arc::clone(name), value });
         }
         Ok((destination, key, headers))
     }
+}
+
+/// Whether a header `name` is one the CloudEvents bindings use for attributes.
+fn cloudevents_name(name: &str) -> bool {
+    CLOUDEVENTS_PREFIXES.iter().any(|prefix| {
+        name.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
+/// `[route.cloudevents]` parsed: the attribute templates.
+#[derive(Clone, Debug)]
+struct CloudEventsTemplates {
+    mode: cloudevents::Mode,
+    source: Template,
+    kind: Template,
+    subject: Option<Template>,
+    time: Option<Template>,
+}
+
+impl CloudEventsTemplates {
+    fn new(config: &CloudEventsConfig) -> Result<Option<Self>, RelayError> {
+        let mode = match config.mode {
+            CloudEventsMode::Off => return Ok(None),
+            CloudEventsMode::Binary => cloudevents::Mode::Binary,
+            CloudEventsMode::Structured => cloudevents::Mode::Structured,
+        };
+        for (key, value) in
+            [("route.cloudevents.source", &config.source), ("route.cloudevents.type", &config.kind)]
+        {
+            if value.is_empty() {
+                return Err(RelayError::Template {
+                    key,
+                    template: String::new(),
+                    reason: "required with route.cloudevents.mode: a URI-reference naming the \
+                             producer (e.g. \"/orders-service\") for source, the event type for \
+                             type"
+                        .into(),
+                });
+            }
+        }
+        let optional = |key, text: &str| {
+            if text.is_empty() {
+                Ok(None)
+            } else {
+                Template::parse(key, text).map(Some)
+            }
+        };
+        Ok(Some(Self {
+            mode,
+            source: Template::parse("route.cloudevents.source", &config.source)?,
+            kind: Template::parse("route.cloudevents.type", &config.kind)?,
+            subject: optional("route.cloudevents.subject", &config.subject)?,
+            time: optional("route.cloudevents.time", &config.time)?,
+        }))
+    }
+
+    fn columns(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let named = [
+            ("route.cloudevents.source", Some(&self.source)),
+            ("route.cloudevents.type", Some(&self.kind)),
+            ("route.cloudevents.subject", self.subject.as_ref()),
+            ("route.cloudevents.time", self.time.as_ref()),
+        ];
+        named.into_iter().flat_map(|(key, t)| {
+            t.into_iter().flat_map(move |t| t.columns().map(move |c| (key, c)))
+        })
+    }
+
+    /// The event of `entry`, or why it has none (poison).
+    fn render(&self, entry: &Entry) -> Result<CloudEvent, String> {
+        let required = |key: &str, template: &Template| {
+            let value = template.render(entry).map_err(|r| format!("{key}: {r}"))?;
+            if value.is_empty() {
+                return Err(format!("{key} rendered to an empty value"));
+            }
+            Ok(value)
+        };
+        let optional = |key: &str, template: &Option<Template>| match template {
+            Some(t) => t.render_optional(entry).map_err(|r| format!("{key}: {r}")),
+            None => Ok(None),
+        };
+        let time = match optional("route.cloudevents.time", &self.time)? {
+            Some(text) => Some(rfc3339(&text).ok_or_else(|| {
+                format!(
+                    "route.cloudevents.time: {text:?} is not a timestamp with a time zone \
+                     (use a timestamptz column, or RFC 3339 text)"
+                )
+            })?),
+            None => None,
+        };
+        if self.mode == cloudevents::Mode::Structured && entry.payload_kind == PayloadKind::Json {
+            if let Some(payload) = &entry.payload {
+                // It becomes the event's `data` as it is, so it must be JSON.
+                serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                    .map_err(|e| format!("the JSON payload does not parse ({e})"))?;
+            }
+        }
+        Ok(CloudEvent {
+            mode: self.mode,
+            source: required("route.cloudevents.source", &self.source)?,
+            kind: required("route.cloudevents.type", &self.kind)?,
+            subject: optional("route.cloudevents.subject", &self.subject)?,
+            time,
+        })
+    }
+}
+
+/// `text` as an RFC 3339 timestamp: RFC 3339 itself, or PostgreSQL's ISO output of a
+/// `timestamptz` (`2026-12-04 10:00:00.5+01`, offsets as `+hh`, `+hh:mm` or `+hh:mm:00`).
+/// `None` for anything else, a timestamp without a time zone included (it would be a guess).
+fn rfc3339(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let date_time = b.len() >= 19
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b' ' | b'T' | b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !date_time {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let fraction_len =
+        rest.strip_prefix('.').map_or(0, |r| 1 + r.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction_len == 1 {
+        return None;
+    }
+    let fraction = &rest[..fraction_len];
+    rest = &rest[fraction_len..];
+    let offset = match rest.as_bytes() {
+        [b'Z' | b'z'] => "Z".to_string(),
+        [sign @ (b'+' | b'-'), h1, h2, tail @ ..] if h1.is_ascii_digit() && h2.is_ascii_digit() => {
+            let minutes = match tail {
+                [] => "00",
+                [b':', m1, m2] | [b':', m1, m2, b':', b'0', b'0']
+                    if m1.is_ascii_digit() && m2.is_ascii_digit() =>
+                {
+                    &rest[4..6]
+                }
+                _ => return None,
+            };
+            format!("{}{}{}:{minutes}", *sign as char, *h1 as char, *h2 as char)
+        }
+        _ => return None,
+    };
+    Some(format!("{}T{}{fraction}{offset}", &text[..10], &text[11..19]))
 }
 
 /// `entry` as a message to `destination`: `headers` first, then the entry's own.
@@ -267,6 +478,7 @@ fn into_message(
         own_headers,
         possible_replay: false,
         redrive: false,
+        cloudevent: None,
     }
 }
 
@@ -275,6 +487,7 @@ mod tests {
     use outbox_relay_core::{Fields, PayloadKind, Position};
 
     use super::*;
+    use crate::config::{CloudEventsConfig, CloudEventsMode};
 
     fn entry(aggregateid: Option<&str>) -> Entry {
         let names: Arc<[Arc<str>]> =
@@ -369,6 +582,104 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(error.contains("set route.reply_to instead"), "{error}");
+    }
+
+    #[test]
+    fn a_traceparent_is_sent_only_when_well_formed_and_tracestate_only_beside_it() {
+        let config = RouteConfig {
+            traceparent: "${type}".into(),
+            tracestate: "vendor=${aggregateid}".into(),
+            ..RouteConfig::default()
+        };
+        let router = Router::new(&config, "p1").unwrap();
+        let traced = |kind: &str| {
+            let mut e = entry(Some("42"));
+            let names = e.fields.names().to_vec();
+            let mut values = e.fields.values().to_vec();
+            values[3] = Some(kind.into());
+            e.fields = Fields::new(names.into(), values);
+            let message = router.route(e).expect("routed, never poison");
+            let value = |name: &str| {
+                message.headers.iter().find(|h| &*h.name == name).map(|h| h.value.clone())
+            };
+            (value(TRACEPARENT), value(TRACESTATE))
+        };
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traced(good), (Some(good.into()), Some("vendor=42".into())));
+        assert_eq!(traced("not-a-trace"), (None, None));
+    }
+
+    #[test]
+    fn cloudevents_attributes_come_from_the_entry() {
+        let config = RouteConfig {
+            cloudevents: CloudEventsConfig {
+                mode: CloudEventsMode::Structured,
+                source: "/svc/${aggregatetype}".into(),
+                time: "${aggregateid}".into(),
+                ..CloudEventsConfig::default()
+            },
+            key: String::new(),
+            ..RouteConfig::default()
+        };
+        let router = Router::new(&config, "p1").unwrap();
+        let columns: Vec<_> = router.columns().collect();
+        assert!(columns.contains(&("route.cloudevents.time", "aggregateid")), "{columns:?}");
+        let message = router.route(entry(Some("2026-12-04 10:00:00.25+05:30"))).unwrap();
+        let event = message.cloudevent.as_deref().expect("an event");
+        assert_eq!(event.source, "/svc/order");
+        assert_eq!(event.kind, "OrderCreated");
+        assert_eq!(event.subject.as_deref(), Some("2026-12-04 10:00:00.25+05:30"));
+        assert_eq!(event.time.as_deref(), Some("2026-12-04T10:00:00.25+05:30"));
+        assert_eq!(message.payload.as_deref().unwrap(), b"{}", "the payload stays the entry's");
+
+        let no_time = router.route(entry(None)).unwrap();
+        assert_eq!(no_time.cloudevent.unwrap().time, None, "a NULL time sends none");
+        let error = router.route(entry(Some("yesterday"))).unwrap_err().error.to_string();
+        assert!(error.contains("route.cloudevents.time") && error.contains("yesterday"), "{error}");
+        let mut bad_json = entry(Some("2026-12-04T10:00:00Z"));
+        bad_json.payload = Some("{nope".into());
+        let error = router.route(bad_json).unwrap_err().error.to_string();
+        assert!(error.contains("JSON payload"), "{error}");
+        let mut forged = entry(None);
+        forged.headers.push(Header { name: Arc::from("CE_source"), value: "x".into() });
+        assert!(router.route(forged).is_err());
+
+        let off = Router::new(&RouteConfig::default(), "p1").unwrap();
+        assert!(off.route(entry(Some("1"))).unwrap().cloudevent.is_none());
+        let sourceless = RouteConfig {
+            cloudevents: CloudEventsConfig {
+                mode: CloudEventsMode::Binary,
+                ..CloudEventsConfig::default()
+            },
+            ..RouteConfig::default()
+        };
+        let error = Router::new(&sourceless, "p1").unwrap_err().to_string();
+        assert!(error.contains("route.cloudevents.source"), "{error}");
+    }
+
+    #[test]
+    fn timestamps_become_rfc3339_and_nothing_else_is_guessed() {
+        for (text, expected) in [
+            ("2026-12-04 10:00:00+00", "2026-12-04T10:00:00+00:00"),
+            ("2026-12-04 10:00:00.123456-03", "2026-12-04T10:00:00.123456-03:00"),
+            ("1890-01-01 00:00:00+00:53:00", "1890-01-01T00:00:00+00:53"),
+            ("2026-12-04T10:00:00Z", "2026-12-04T10:00:00Z"),
+            ("2026-12-04t10:00:00.5+01:00", "2026-12-04T10:00:00.5+01:00"),
+        ] {
+            assert_eq!(rfc3339(text).as_deref(), Some(expected), "{text}");
+        }
+        for text in [
+            "2026-12-04 10:00:00",
+            "2026-12-04 10:00:00.+00",
+            "1890-01-01 00:00:00+00:53:28",
+            "infinity",
+            "04.12.2026 10:00",
+            "2026-12-04 10:00:00+0",
+            "2026-12-04 10:00:00 BC+00",
+            "",
+        ] {
+            assert_eq!(rfc3339(text), None, "{text}");
+        }
     }
 
     #[test]

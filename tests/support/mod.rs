@@ -5,6 +5,7 @@
 pub mod brokers;
 pub mod check;
 pub mod cluster;
+pub mod js;
 pub mod kafka;
 pub mod pg;
 pub mod proxy;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::cloudevents::CloudEvent;
 use crate::Position;
 
 /// How the payload bytes are encoded, as the source knows it from the column type.
@@ -121,6 +122,9 @@ pub struct Message {
     /// Sent again from the dead letters, behind newer positions: a replay of it is recognised by
     /// its id, not by its position.
     pub redrive: bool,
+    /// Sent as a CloudEvent (`route.cloudevents`): its attributes, which the sink maps to its
+    /// protocol's places. The payload stays the entry's own either way.
+    pub cloudevent: Option<Box<CloudEvent>>,
 }
 
 impl Message {
@@ -135,10 +139,14 @@ impl Message {
     /// are checked against.
     pub fn wire_size(&self) -> usize {
         let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        // Binary attributes are named by a prefix of at most 16 bytes (`cloudEvents:`), plus a
+        // `content-type` header on Kafka.
+        let cloudevent = self.cloudevent.as_ref().map_or(0, |ce| ce.overhead(self, 16) + 64);
         self.destination.len()
             + self.key.as_ref().map_or(0, String::len)
             + self.payload.as_ref().map_or(0, Bytes::len)
             + headers
+            + cloudevent
     }
 
     /// Bytes this message holds (what is sent, plus the kept columns and the id), for bounding

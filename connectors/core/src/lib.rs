@@ -5,6 +5,7 @@
 //! sink publishes, the [`Position`] that orders them, and the [`ConnectorError`] that says, where
 //! the failure was born, whether retrying can help.
 
+pub mod cloudevents;
 mod entry;
 mod error;
 pub mod headers;

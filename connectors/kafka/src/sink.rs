@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{cloudevents, Confirm, ConnectorError, Message, Sink};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -264,17 +264,16 @@ impl Sink for KafkaSink {
             return Ok(Box::pin(futures::future::ready(Ok(()))));
         }
 
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for header in &message.headers {
-            headers = headers.insert(Header { key: &header.name, value: Some(&header.value) });
-        }
+        let (headers, structured) = record_headers(message);
         let mut record = FutureRecord::<[u8], [u8]>::to(&message.destination)
             .headers(headers)
             .partition(partition);
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }
-        if let Some(payload) = &message.payload {
+        if let Some(body) = &structured {
+            record = record.payload(body);
+        } else if let Some(payload) = &message.payload {
             record = record.payload(payload);
         }
         let enlisted = match &self.transactions {
@@ -336,6 +335,34 @@ impl Sink for KafkaSink {
 }
 
 /// The client that reads partition tails: the producer's connection and security settings.
+/// The record's headers — the message's, then a CloudEvent's in the Kafka binding (binary:
+/// `ce_<attribute>`, with `datacontenttype` as `content-type`; structured: only `content-type`)
+/// — and, in structured mode, the event that is the record's value.
+fn record_headers(message: &Message) -> (OwnedHeaders, Option<Vec<u8>>) {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 8);
+    for header in &message.headers {
+        headers = headers.insert(Header { key: &header.name, value: Some(&header.value) });
+    }
+    let Some(event) = &message.cloudevent else { return (headers, None) };
+    match event.mode {
+        cloudevents::Mode::Binary => {
+            for (name, value) in event.attributes(message) {
+                let key = match name {
+                    "datacontenttype" => "content-type".to_string(),
+                    name => format!("ce_{name}"),
+                };
+                headers = headers.insert(Header { key: &key, value: Some(value) });
+            }
+            (headers, None)
+        }
+        cloudevents::Mode::Structured => {
+            let value = Some(cloudevents::STRUCTURED_CONTENT_TYPE);
+            headers = headers.insert(Header { key: "content-type", value });
+            (headers, Some(event.structured(message)))
+        }
+    }
+}
+
 fn replay_consumer(options: &KafkaOptions) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &options.brokers);

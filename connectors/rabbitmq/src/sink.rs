@@ -17,7 +17,7 @@ use lapin::{
     ExchangeKind,
 };
 use outbox_relay_core::headers::{CORRELATION_ID, REPLY_TO};
-use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{cloudevents, Confirm, ConnectorError, Message, Sink};
 
 use crate::{RabbitSinkError, Topology};
 
@@ -347,11 +347,17 @@ impl Sink for RabbitSink {
         }
         let routing_key = message.key.as_deref().unwrap_or("");
         let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let structured = message
+            .cloudevent
+            .as_ref()
+            .filter(|event| event.mode == cloudevents::Mode::Structured)
+            .map(|event| event.structured(message));
+        let body = structured.as_deref().or(message.payload.as_deref()).unwrap_or(&[]);
         let publish = channel.basic_publish(
             message.destination.as_str().into(),
             routing_key.into(),
             options,
-            message.payload.as_deref().unwrap_or(&[]),
+            body,
             properties(message),
         );
         let id = message.id.clone();
@@ -467,7 +473,25 @@ fn header_frame_size(message: &Message) -> usize {
         + short(last_header(message, REPLY_TO).map_or(0, str::len))
         + short(last_header(message, CORRELATION_ID).map_or(0, str::len))
         + table
+        + cloudevent_properties_size(message)
 }
+
+/// What a CloudEvent adds to the content header frame: its binary attributes in the header
+/// table, or the longer content type of a structured event.
+fn cloudevent_properties_size(message: &Message) -> usize {
+    let Some(event) = &message.cloudevent else { return 0 };
+    match event.mode {
+        cloudevents::Mode::Binary => event
+            .attributes(message)
+            .iter()
+            .map(|(name, value)| 1 + CLOUDEVENTS_PREFIX.len() + name.len() + 1 + 4 + value.len())
+            .sum(),
+        cloudevents::Mode::Structured => cloudevents::STRUCTURED_CONTENT_TYPE.len(),
+    }
+}
+
+/// The AMQP binding's prefix of an attribute's application property (here: header) name.
+const CLOUDEVENTS_PREFIX: &str = "cloudEvents:";
 
 fn properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
@@ -476,6 +500,20 @@ fn properties(message: &Message) -> BasicProperties {
             (&*header.name).into(),
             AMQPValue::LongString(LongString::from(header.value.as_str())),
         );
+    }
+    let mut content_type = message.payload_kind.content_type();
+    match message.cloudevent.as_deref() {
+        Some(event) if event.mode == cloudevents::Mode::Binary => {
+            // AMQP binding, binary mode: `datacontenttype` is the content type property.
+            for (name, value) in event.attributes(message) {
+                if name != "datacontenttype" {
+                    let name = format!("{CLOUDEVENTS_PREFIX}{name}");
+                    headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+                }
+            }
+        }
+        Some(_) => content_type = cloudevents::STRUCTURED_CONTENT_TYPE,
+        None => {}
     }
     if message.possible_replay {
         // May have been delivered before: consumers check their inbox (AMQP has no
@@ -486,7 +524,7 @@ fn properties(message: &Message) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_message_id(message.id.as_str().into())
         .with_delivery_mode(2)
-        .with_content_type(message.payload_kind.content_type().into())
+        .with_content_type(content_type.into())
         .with_app_id("outbox-relay".into())
         .with_timestamp(now)
         .with_headers(headers);
@@ -545,6 +583,7 @@ mod tests {
             own_headers: 0,
             possible_replay: true,
             redrive: false,
+            cloudevent: None,
         }
     }
 
@@ -652,16 +691,29 @@ mod tests {
                 })
                 .collect(),
         ] {
-            let message = message(headers);
-            let mut buffer = vec![0u8; 1 << 16];
-            let cursor = std::io::Cursor::new(&mut buffer[..]);
-            let written = cookie_factory::gen_simple(gen_properties(&properties(&message)), cursor)
-                .unwrap()
-                .position() as usize;
-            // Properties plus the fixed part of a content header frame: 8 + 12.
-            let actual = written + 8 + 12;
-            let bound = header_frame_size(&message);
-            assert!(bound >= actual && bound <= actual + 64, "bound {bound}, actual {actual}");
+            for mode in [None, Some(cloudevents::Mode::Binary), Some(cloudevents::Mode::Structured)]
+            {
+                let mut message = message(headers.clone());
+                message.cloudevent = mode.map(|mode| {
+                    Box::new(cloudevents::CloudEvent {
+                        mode,
+                        source: "/orders".into(),
+                        kind: "OrderCreated".into(),
+                        subject: Some("s".repeat(100)),
+                        time: Some("2026-12-04T10:00:00Z".into()),
+                    })
+                });
+                let mut buffer = vec![0u8; 1 << 16];
+                let cursor = std::io::Cursor::new(&mut buffer[..]);
+                let written =
+                    cookie_factory::gen_simple(gen_properties(&properties(&message)), cursor)
+                        .unwrap()
+                        .position() as usize;
+                // Properties plus the fixed part of a content header frame: 8 + 12.
+                let actual = written + 8 + 12;
+                let bound = header_frame_size(&message);
+                assert!(bound >= actual && bound <= actual + 64, "bound {bound}, actual {actual}");
+            }
         }
     }
 

@@ -1,0 +1,198 @@
+//! Message conventions: CloudEvents 1.0 in binary and structured mode (`route.cloudevents`),
+//! checked by the official CloudEvents SDK (`tests/js/cloudevents.mjs`, npm `cloudevents`), and
+//! W3C trace context (`route.traceparent`). Each test writes the same three entries — one with
+//! a traceparent, one with a malformed one, one with none — and reads what each broker got.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
+use serde_json::{json, Value};
+use support::kafka::{create_topic, read_all};
+use support::pg::{connect, count, fresh_database};
+use support::rabbit::topology;
+use support::relay::{migrate, Relay};
+use support::{services, unique, wait_for};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn config(db: &str, prefix: &str, sink: &str, mode: &str) -> String {
+    format!(
+        "[postgres]\nurl = \"{db}\"\n[pipeline]\nretry_max_backoff = \"1s\"\n{sink}\n[route]\n\
+         topic = \"{prefix}.${{aggregatetype}}\"\ntraceparent = \"${{traceparent}}\"\n\
+         tracestate = \"${{tracestate}}\"\n[route.cloudevents]\nmode = \"{mode}\"\n\
+         source = \"/orders-service\"\ntime = \"${{created_at}}\"\n"
+    )
+}
+
+/// Runs the relay on three entries until they are delivered.
+async fn deliver(db: &str, config: &str) {
+    migrate(config).await;
+    let client = connect(db).await;
+    client
+        .batch_execute(
+            "alter table outbox add column traceparent text, add column tracestate text, \
+             alter column created_at drop not null;
+             insert into outbox (id, aggregatetype, aggregateid, type, payload, created_at, \
+                                 traceparent, tracestate) values
+               ('00000000-0000-4000-8000-000000000001', 'order', 'o-1', 'OrderCreated', '{\"total\": 12.5, \"note\": \"\\\"ü\\\"\"}',
+                '2026-12-04 15:30:00.25+05:30', \
+                '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', 'acme=1'),
+               ('00000000-0000-4000-8000-000000000002', 'order', 'o-1', 'OrderPaid', '[1, 2]', '2026-12-04 16:00:00+05:30', \
+                'garbage', 'acme=2'),
+               ('00000000-0000-4000-8000-000000000003', 'order', 'o-2', 'OrderShipped', '{}', null, null, null)",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::spawn(config);
+    wait_for("the outbox to drain", Duration::from_secs(60), || async {
+        count(&client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    drop(relay);
+}
+
+/// What the SDK must make of the three entries, whichever the mode and broker. `time` comes
+/// from `created_at` (a `timestamptz`), rendered in UTC whatever the server's time zone.
+fn expected() -> Value {
+    let event = |id: &str, kind: &str, subject: &str, time: Option<&str>, data: Value| {
+        let mut event = json!({
+            "specversion": "1.0", "id": id, "source": "/orders-service", "type": kind,
+            "subject": subject, "datacontenttype": "application/json", "data": data,
+        });
+        if let Some(time) = time {
+            event["time"] = time.into();
+        }
+        event
+    };
+    json!([
+        event(
+            "00000000-0000-4000-8000-000000000001",
+            "OrderCreated",
+            "o-1",
+            Some("2026-12-04T10:00:00.25+00:00"),
+            json!({"total": 12.5, "note": "\"ü\""})
+        ),
+        event(
+            "00000000-0000-4000-8000-000000000002",
+            "OrderPaid",
+            "o-1",
+            Some("2026-12-04T10:30:00+00:00"),
+            json!([1, 2])
+        ),
+        event("00000000-0000-4000-8000-000000000003", "OrderShipped", "o-2", None, json!({})),
+    ])
+}
+
+/// The SDK's reading of `messages`; it panics on an event the SDK refuses.
+fn sdk_reads(messages: Vec<Value>) -> Value {
+    let output = support::js::run("cloudevents.mjs", Value::Array(messages).to_string().as_bytes());
+    serde_json::from_str(&output).expect("JSON from cloudevents.mjs")
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_messages_are_cloudevents_the_sdk_reads_in_both_modes_with_trace_context() {
+    for mode in ["binary", "structured"] {
+        let db = fresh_database(&format!("ce_kafka_{mode}")).await;
+        let prefix = unique(&format!("cekafka{mode}"));
+        let topic = format!("{prefix}.order");
+        create_topic(&services().kafka, &topic, 1).await;
+        let sink = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
+        deliver(&db, &config(&db, &prefix, &sink, mode)).await;
+
+        let records: Vec<_> =
+            read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
+        assert_eq!(records.len(), 3, "{records:?}");
+        let traces: Vec<_> =
+            records.iter().map(|r| (r.header("traceparent"), r.header("tracestate"))).collect();
+        assert_eq!(
+            traces,
+            [(Some(TRACEPARENT), Some("acme=1")), (None, None), (None, None)],
+            "{mode}: a valid traceparent travels with its tracestate; a malformed one does not"
+        );
+        let content_type = records[0].header("content-type").map(str::to_string);
+        match mode {
+            "binary" => {
+                assert_eq!(content_type.as_deref(), Some("application/json"));
+                assert_eq!(
+                    records[0].header("ce_id"),
+                    Some("00000000-0000-4000-8000-000000000001")
+                );
+            }
+            _ => assert_eq!(
+                content_type.as_deref(),
+                Some("application/cloudevents+json; charset=utf-8")
+            ),
+        }
+        let messages = records
+            .iter()
+            .map(|r| {
+                let headers: serde_json::Map<String, Value> =
+                    r.headers.iter().map(|(n, v)| (n.clone(), Value::from(v.as_str()))).collect();
+                json!({"binding": "kafka", "headers": headers, "content_type": null,
+                       "value": base64(r.payload.as_deref().unwrap_or_default())})
+            })
+            .collect();
+        assert_eq!(sdk_reads(messages), expected(), "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_messages_are_cloudevents_the_sdk_reads_in_both_modes_with_trace_context() {
+    for mode in ["binary", "structured"] {
+        let db = fresh_database(&format!("ce_rabbit_{mode}")).await;
+        let prefix = unique(&format!("cerabbit{mode}"));
+        let queue = format!("{prefix}.q");
+        let sink = format!(
+            "[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}",
+            services().amqp,
+            topology(&prefix, "fanout", &[&queue], "")
+        );
+        deliver(&db, &config(&db, &prefix, &sink, mode)).await;
+
+        let connection = support::rabbit::connect(&services().amqp).await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut messages = Vec::new();
+        let mut traces = Vec::new();
+        while let Some(delivery) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let properties = &delivery.properties;
+            let mut headers = serde_json::Map::new();
+            for (name, value) in properties.headers().as_ref().unwrap().inner() {
+                if let AMQPValue::LongString(text) = value {
+                    headers.insert(name.to_string(), text.to_string().into());
+                }
+            }
+            traces.push((headers.get("traceparent").cloned(), headers.get("tracestate").cloned()));
+            let content_type = properties.content_type().as_ref().map(|c| c.to_string());
+            messages.push(json!({"binding": "amqp", "headers": headers,
+                                 "content_type": content_type, "value": base64(&delivery.data)}));
+        }
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(
+            traces,
+            [(Some(TRACEPARENT.into()), Some("acme=1".into())), (None, None), (None, None)],
+            "{mode}"
+        );
+        if mode == "binary" {
+            assert_eq!(
+                messages[0]["headers"]["cloudEvents:id"],
+                "00000000-0000-4000-8000-000000000001"
+            );
+            assert_eq!(messages[0]["content_type"], "application/json");
+        } else {
+            assert_eq!(messages[0]["content_type"], "application/cloudevents+json; charset=utf-8");
+        }
+        assert_eq!(sdk_reads(messages), expected(), "{mode}");
+    }
+}
