@@ -43,6 +43,14 @@ pub(crate) enum Command {
     /// Explain in plain words why the pipeline is not publishing, the slot not advancing or
     /// rows not draining, each problem with what to run; exits 1 when it finds one.
     Doctor,
+    /// Print an AsyncAPI 3.0 document (JSON) of what the pipeline publishes: the channel from
+    /// `route.topic`, one message per event type with the headers the relay sets, payload
+    /// schemas from `[[asyncapi.messages]]`.
+    Asyncapi {
+        /// Also read the event types present in the outbox table, and its payload column type.
+        #[arg(long)]
+        observe: bool,
+    },
     /// Entries set aside by `pipeline.on_poison = "dead-letter"`.
     #[command(subcommand)]
     Dlq(DlqCommand),

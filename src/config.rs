@@ -29,6 +29,44 @@ pub(crate) struct Config {
     pub(crate) route: RouteConfig,
     #[serde(default)]
     pub(crate) telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub(crate) asyncapi: AsyncApiConfig,
+}
+
+/// `[asyncapi]`: what `outbox-relay asyncapi` says that the routing config cannot know.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AsyncApiConfig {
+    /// `info.title`; "" means "outbox-relay pipeline <name>".
+    pub(crate) title: String,
+    /// `info.version`: the version of the contract.
+    pub(crate) version: String,
+    pub(crate) description: String,
+    /// The event types the pipeline carries, each with its payload schema.
+    pub(crate) messages: Vec<AsyncApiMessage>,
+}
+
+impl Default for AsyncApiConfig {
+    fn default() -> Self {
+        Self {
+            title: String::new(),
+            version: "1.0.0".into(),
+            description: String::new(),
+            messages: Vec::new(),
+        }
+    }
+}
+
+/// `[[asyncapi.messages]]`: one event type.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AsyncApiMessage {
+    /// The value of the `type` header (the `type` column) for this event.
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) summary: String,
+    /// A JSON Schema file of the payload, relative to the config file.
+    pub(crate) payload: Option<PathBuf>,
 }
 
 /// `[pipeline]`: identity, flow control and failure policy.

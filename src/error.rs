@@ -67,6 +67,8 @@ pub(crate) enum RelayError {
     Check { failed: usize, total: usize },
     #[error("doctor found {problems} problem(s)")]
     Doctor { problems: usize },
+    #[error("asyncapi: {0}")]
+    AsyncApi(String),
 }
 
 impl RelayError {
@@ -82,7 +84,8 @@ impl RelayError {
             | Self::Config { .. }
             | Self::Template { .. }
             | Self::UnknownColumn { .. }
-            | Self::Telemetry { .. } => 2,
+            | Self::Telemetry { .. }
+            | Self::AsyncApi(_) => 2,
             Self::SchemaOutdated { .. }
             | Self::Postgres(
                 Pg::MissingTable { .. }

@@ -2,6 +2,7 @@
 //! hands over to the command. `anyhow` lives only here.
 
 mod ack_tracker;
+mod asyncapi;
 mod check;
 mod cli;
 mod config;
@@ -75,6 +76,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => check::check(&config).await?,
         Command::Status { json } => status::status(&config, json).await?,
         Command::Doctor => doctor::doctor(&config).await?,
+        Command::Asyncapi { observe } => {
+            let dir = cli.config.as_deref().and_then(std::path::Path::parent);
+            asyncapi::asyncapi(&config, dir.unwrap_or(std::path::Path::new(".")), observe).await?
+        }
         Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
         Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {
             let wait = (!no_wait).then_some(timeout);

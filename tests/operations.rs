@@ -332,3 +332,88 @@ async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
     let admin = connect(&services().pg).await;
     admin.execute("select pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
 }
+
+/// The AsyncAPI document describes what the relay really sends: the official parser
+/// (`@asyncapi/parser`) accepts it, its messages are the declared types plus those observed in
+/// the outbox, and every record the relay then publishes carries each header its message
+/// requires and none it does not declare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asyncapi_document_parses_and_describes_the_records_the_relay_sends() {
+    let db = fresh_database("asyncapi").await;
+    let prefix = unique("asyncapi");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let schemas = tempfile::tempdir().unwrap();
+    let schema = schemas.path().join("order-created.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}"#,
+    )
+    .unwrap();
+    let config = format!(
+        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n[route]\n\
+         topic = \"{prefix}.${{aggregatetype}}\"\ntraceparent = \"${{aggregateid}}\"\n\
+         [route.cloudevents]\nmode = \"binary\"\nsource = \"/orders\"\ntime = \"${{created_at}}\"\n\
+         [asyncapi]\ntitle = \"Orders\"\n[[asyncapi.messages]]\ntype = \"OrderCreated\"\n\
+         summary = \"An order was placed.\"\npayload = \"{}\"\n",
+        services().kafka,
+        schema.display()
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) values
+               (gen_random_uuid(), 'order', 'o-1', 'OrderCreated', '{\"total\": 1}'),
+               (gen_random_uuid(), 'order', 'o-1', 'OrderPaid', '{}')",
+        )
+        .await
+        .unwrap();
+
+    let out = command(&config, &["asyncapi", "--observe"]).await;
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let document: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let summary: serde_json::Value =
+        serde_json::from_str(&support::js::run("asyncapi.mjs", out.stdout.as_bytes())).unwrap();
+    assert_eq!(summary["version"], "3.0.0");
+    assert_eq!(summary["channels"][0]["address"], format!("{prefix}.{{aggregatetype}}"));
+    assert_eq!(
+        summary["channels"][0]["messages"],
+        serde_json::json!(["OrderCreated", "OrderPaid"])
+    );
+    assert_eq!(summary["operations"][0]["action"], "send");
+    let created = &document["components"]["messages"]["OrderCreated"];
+    assert_eq!(created["payload"]["required"], serde_json::json!(["total"]), "the declared schema");
+    assert_eq!(created["headers"]["properties"]["ce_type"]["const"], "OrderCreated");
+
+    // What the relay then sends matches the document, header by header.
+    let relay = Relay::spawn(&config);
+    wait_for("the outbox to drain", Duration::from_secs(60), || async {
+        support::pg::count(&client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    drop(relay);
+    let records: Vec<_> = read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        let kind = record.header("type").unwrap();
+        let headers = &document["components"]["messages"][kind]["headers"];
+        let names: BTreeSet<&str> = record.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let declared: BTreeSet<&str> =
+            headers["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let required: BTreeSet<&str> =
+            headers["required"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        assert!(names.is_subset(&declared), "{kind}: sent {names:?}, declared {declared:?}");
+        assert!(required.is_subset(&names), "{kind}: sent {names:?}, required {required:?}");
+    }
+
+    // A payload schema that is not JSON is named, as a configuration error.
+    std::fs::write(&schema, "{ nope").unwrap();
+    let out = command(&config, &["asyncapi"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("order-created.json") && out.stderr.contains("not JSON"),
+        "{}",
+        out.stderr
+    );
+}
