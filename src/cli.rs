@@ -51,6 +51,28 @@ pub(crate) enum Command {
         #[arg(long)]
         observe: bool,
     },
+    /// Publish retained entries again (polling with after_publish = "mark": published rows;
+    /// WAL tailing with "keep": the rows kept), in seq order, each with the header
+    /// `outbox-replay`.
+    ///
+    /// Runs beside the relay and changes nothing in the outbox. Progress goes to stderr (a bar
+    /// on a terminal). It exits 1 if it stopped early (it names the seq to resume from) or
+    /// skipped an entry it could not route.
+    Replay {
+        /// First entry: a time (compared with `created_at`, e.g. 2026-12-04T10:00:00Z) or
+        /// `poll:<seq>`; inclusive.
+        #[arg(long, value_name = "TIME|poll:SEQ")]
+        from: String,
+        /// Last entry, inclusive; the newest retained one when left out.
+        #[arg(long, value_name = "TIME|poll:SEQ")]
+        to: Option<String>,
+        /// Only count what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// The value of the `outbox-replay` header; the start time (UTC) by default.
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Entries set aside by `pipeline.on_poison = "dead-letter"`.
     #[command(subcommand)]
     Dlq(DlqCommand),

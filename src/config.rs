@@ -168,7 +168,8 @@ pub(crate) struct SourceConfig {
     /// LISTEN channel the outbox trigger notifies; "" polls on the interval only.
     pub(crate) notify_channel: String,
     /// "delete" the row once confirmed; "mark" it (`published_at`, poll only); "keep" it (WAL
-    /// only: the app deletes it, e.g. in the same transaction).
+    /// only: the app deletes it, e.g. in the same transaction). Marked and kept rows can be
+    /// published again with `outbox-relay replay`.
     pub(crate) after_publish: AfterPublishConfig,
     /// With "mark": delete rows published longer ago than this.
     #[serde(with = "humantime_serde")]

@@ -69,6 +69,10 @@ pub(crate) enum RelayError {
     Doctor { problems: usize },
     #[error("asyncapi: {0}")]
     AsyncApi(String),
+    #[error("replay: {0}")]
+    Replay(String),
+    #[error("replay: {0}")]
+    ReplayArgument(String),
 }
 
 impl RelayError {
@@ -85,7 +89,8 @@ impl RelayError {
             | Self::Template { .. }
             | Self::UnknownColumn { .. }
             | Self::Telemetry { .. }
-            | Self::AsyncApi(_) => 2,
+            | Self::AsyncApi(_)
+            | Self::ReplayArgument(_) => 2,
             Self::SchemaOutdated { .. }
             | Self::Postgres(
                 Pg::MissingTable { .. }
@@ -102,7 +107,8 @@ impl RelayError {
             | Self::Postgres(_)
             | Self::Dlq(_)
             | Self::Check { .. }
-            | Self::Doctor { .. } => 1,
+            | Self::Doctor { .. }
+            | Self::Replay(_) => 1,
         }
     }
 }

@@ -14,6 +14,7 @@ mod leader;
 mod migrate;
 mod pipeline;
 mod relay;
+mod replay;
 mod router;
 mod shutdown;
 mod sink;
@@ -79,6 +80,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Asyncapi { observe } => {
             let dir = cli.config.as_deref().and_then(std::path::Path::parent);
             asyncapi::asyncapi(&config, dir.unwrap_or(std::path::Path::new(".")), observe).await?
+        }
+        Command::Replay { from, to, dry_run, label } => {
+            replay::replay(&config, &replay::ReplayArgs { from, to, dry_run, label }).await?
         }
         Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
         Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {

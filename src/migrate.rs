@@ -122,12 +122,14 @@ pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
     let polled = config.source.mode == SourceMode::Poll;
     let channel = Some(config.source.notify_channel.as_str()).filter(|c| polled && !c.is_empty());
     let mark = config.source.after_publish == AfterPublishConfig::Mark;
+    // Polling orders by `seq`; so does `replay` of the rows WAL tailing keeps.
+    let stamp_seq = polled || config.source.after_publish == AfterPublishConfig::Keep;
     session
         .timed(
             "installing the outbox table",
             client.execute(
                 "select outbox_relay.install_outbox($1, $2, $3, $4, $5)",
-                &[&table.schema, &table.name, &channel, &mark, &polled],
+                &[&table.schema, &table.name, &channel, &mark, &stamp_seq],
             ),
         )
         .await?;

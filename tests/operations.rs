@@ -417,3 +417,172 @@ async fn the_asyncapi_document_parses_and_describes_the_records_the_relay_sends(
         out.stderr
     );
 }
+
+/// `n` entries over four keys, `created_at` one minute apart from 2026-01-01 00:00 UTC (seq 1 at
+/// 00:01).
+async fn minute_apart(client: &tokio_postgres::Client, n: i32) {
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             select gen_random_uuid(), 'order', 'k' || i % 4, 'OrderCreated', \
+                    jsonb_build_object('n', i) from generate_series(1, $1) i",
+            &[&n],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "update outbox set created_at = timestamptz '2026-01-01 00:00:00+00' \
+             + seq * interval '1 minute'",
+        )
+        .await
+        .unwrap();
+}
+
+/// Polling with `after_publish = "mark"` on Kafka with transactions: `replay` counts a time
+/// range (`--dry-run`), then sends it again in seq order, marked, beside the running relay —
+/// whose transactional producer it must not fence — and refuses what it cannot do, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_a_time_range_in_order_marked_beside_the_running_relay() {
+    let db = fresh_database("replay_kafka").await;
+    let prefix = unique("replaykafka");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = format!(
+        "[postgres]\nurl = \"{db}\"\n[source]\nmode = \"poll\"\nafter_publish = \"mark\"\n\
+         poll_interval = \"100ms\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n{}[route]\n\
+         topic = \"{prefix}.${{aggregatetype}}\"\n",
+        services().kafka,
+        support::kafka_delivery("transactional")
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    minute_apart(&client, 20).await;
+    let relay = Relay::spawn(&config);
+    let unpublished = "select count(*) from outbox where published_at is null";
+    wait_for("every row marked", Duration::from_secs(60), || async {
+        support::pg::count(&client, unpublished).await == 0
+    })
+    .await;
+
+    let range = ["--from", "2026-01-01T00:05:00Z", "--to", "2026-01-01 00:12:00+00"];
+    let dry = command(&config, &[&["replay"][..], &range, &["--dry-run"]].concat()).await;
+    assert!(dry.status.success(), "{}", dry.stderr);
+    assert!(
+        dry.stdout.contains("would replay 8 entries") && dry.stdout.contains("seq 5..12"),
+        "{}",
+        dry.stdout
+    );
+    let out = command(&config, &[&["replay"][..], &range, &["--label", "fix-42"]].concat()).await;
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replayed 8 of 8 entries"), "{}", out.stdout);
+    assert!(out.stderr.contains("replay: 8 of 8 entries confirmed (100%)"), "{}", out.stderr);
+
+    // The relay was not fenced: a new entry still goes out, after the replayed ones.
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
+             values (gen_random_uuid(), 'order', 'k0', 'Later', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_for("the later row marked", Duration::from_secs(60), || async {
+        support::pg::count(&client, unpublished).await == 0
+    })
+    .await;
+    drop(relay);
+    let records: Vec<_> = read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
+    assert_eq!(records.len(), 29, "20 + 8 replayed + 1");
+    let positions = |replayed: bool| -> Vec<String> {
+        let marked = |r: &&support::kafka::Record| r.header("outbox-replay").is_some() == replayed;
+        records.iter().filter(marked).map(|r| r.header("outbox-position").unwrap().into()).collect()
+    };
+    let expected: Vec<String> = (5..=12).map(|seq| format!("poll:{seq}")).collect();
+    assert_eq!(positions(true), expected, "the range, in seq order");
+    assert_eq!(positions(false).len(), 21);
+    let original = |position: &str| {
+        records.iter().find(|r| r.header("outbox-position") == Some(position)).unwrap()
+    };
+    for replayed in records.iter().filter(|r| r.header("outbox-replay").is_some()) {
+        assert_eq!(replayed.header("outbox-replay"), Some("fix-42"));
+        let first = original(replayed.header("outbox-position").unwrap());
+        assert_eq!(
+            (first.header("id"), &first.payload),
+            (replayed.header("id"), &replayed.payload)
+        );
+    }
+    assert_eq!(records.last().unwrap().header("type"), Some("Later"));
+
+    // What it cannot do, it says, with exit code 2.
+    for (args, says) in [
+        (&["--from", "wal:0/16B3748:0"][..], "not kept in the outbox table"),
+        (&["--from", "last tuesday"][..], "is neither a time"),
+        (&["--from", "poll:x"][..], "whole number"),
+    ] {
+        let out = command(&config, &[&["replay"][..], args].concat()).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    let deleting = config.replace("after_publish = \"mark\"", "after_publish = \"delete\"");
+    let out = command(&deleting, &["replay", "--from", "poll:1"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("keeps no entries to replay"), "{}", out.stderr);
+}
+
+/// WAL tailing with `after_publish = "keep"` on RabbitMQ: `migrate` gives the kept rows a `seq`,
+/// and `replay` sends them again in that order, marked, with their `poll:<seq>` position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_the_rows_wal_tailing_keeps_in_seq_order() {
+    let db = fresh_database("replay_wal").await;
+    let prefix = unique("replaywal");
+    let queue = format!("{prefix}.q");
+    let config = format!(
+        "[postgres]\nurl = \"{db}\"\n[source]\nmode = \"wal\"\nafter_publish = \"keep\"\n\
+         slot = \"{}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}[route]\n\
+         topic = \"{prefix}.${{aggregatetype}}\"\n",
+        unique("slot"),
+        services().amqp,
+        support::rabbit::topology(&prefix, "fanout", &[&queue], "")
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    minute_apart(&client, 10).await;
+    let relay = Relay::spawn(&config);
+    wait_for("ten acknowledged", Duration::from_secs(60), || async {
+        relay.metric("outbox_relay_entries_acknowledged_total").await == Some(10.0)
+    })
+    .await;
+    drop(relay);
+    let originals = support::rabbit::drain(&services().amqp, &queue).await;
+
+    let out = command(&config, &["replay", "--from", "poll:1"]).await;
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replayed 10 of 10 entries"), "{}", out.stdout);
+    let replayed = support::rabbit::drain(&services().amqp, &queue).await;
+    assert!(replayed.iter().all(|d| d.header("outbox-replay").is_some()));
+    // Per key (a RabbitMQ lane each), in the order WAL tailing sent them, which is seq order.
+    let per_key = |deliveries: &[support::rabbit::Delivery]| {
+        let mut keys: std::collections::BTreeMap<String, Vec<(String, String)>> =
+            Default::default();
+        for d in deliveries {
+            let seq = d.header("outbox-position").unwrap().to_string();
+            keys.entry(d.routing_key.clone())
+                .or_default()
+                .push((d.message_id.clone().unwrap(), seq));
+        }
+        keys
+    };
+    let (originals, replayed) = (per_key(&originals), per_key(&replayed));
+    assert_eq!(replayed.len(), 4, "{replayed:?}");
+    for (key, entries) in &replayed {
+        let seqs: Vec<i64> = entries
+            .iter()
+            .map(|(_, p)| p.strip_prefix("poll:").unwrap().parse().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
+        let ids = |e: &[(String, String)]| e.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(entries), ids(&originals[key]), "{key}: the same entries, in WAL's order");
+    }
+    assert_eq!(replayed.values().map(Vec::len).sum::<usize>(), 10);
+}

@@ -10,6 +10,11 @@ pub const PIPELINE: &str = "outbox-pipeline";
 /// `true` on a message that may have been delivered before (RabbitMQ; Kafka suppresses them).
 pub const REDELIVERED: &str = "outbox-redelivered";
 
+/// On a message `outbox-relay replay` sent again: the replay's label (by default the time it
+/// started). Its `id` is the original's, so an inbox would drop it as a duplicate: a consumer
+/// that wants replays processed again recognises them by this header.
+pub const REPLAY: &str = "outbox-replay";
+
 /// Where the reply to a command goes (request/asynchronous reply): a Kafka header, and the
 /// AMQP `reply_to` property. Set by `route.reply_to`, or by a logical message's envelope header.
 pub const REPLY_TO: &str = "reply-to";

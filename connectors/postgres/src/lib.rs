@@ -8,6 +8,7 @@
 mod error;
 mod holes;
 mod poll;
+mod retained;
 mod session;
 mod table;
 mod text;
@@ -16,6 +17,7 @@ pub mod wal;
 
 pub use error::PostgresError;
 pub use poll::{AfterPublish, PollOptions, PollSource};
+pub use retained::{Retained, RetainedRange, RetainedSummary, CREATED_AT_COLUMN};
 pub use session::{quote_ident, Session, SessionOptions};
 pub use table::{OutboxTable, TableName, TableShape};
 pub use wal::{MessageFormat, WalAfterPublish, WalOptions, WalSource};

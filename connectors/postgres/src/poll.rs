@@ -67,8 +67,7 @@ pub struct PollSource {
     table: OutboxTable,
     options: PollOptions,
     statements: Statements,
-    names: Arc<[Arc<str>]>,
-    id_index: usize,
+    codec: RowCodec,
     /// Highest `seq` read so far; values below it that were not read are in `holes`.
     cursor: i64,
     holes: Holes,
@@ -107,18 +106,8 @@ impl PollSource {
                        alter table ... add column published_at timestamptz",
             });
         }
-        let fields: Vec<&str> = table.field_columns().collect();
-        let id_index = fields.iter().position(|c| *c == table.id_column).expect("checked");
-        // A SQL_ASCII database stores any bytes and the server refuses to send a value that
-        // is not UTF-8 as text to a UTF-8 client: such text is read as its bytes instead.
-        let encoding: String = session
-            .timed(
-                "reading the server encoding",
-                session.client().query_one("select current_setting('server_encoding')", &[]),
-            )
-            .await?
-            .get(0);
-        let select = select_list(&table, &fields, encoding == "SQL_ASCII");
+        let codec = RowCodec::new(&session, &table).await?;
+        let select = &codec.select;
         let from = table.name.quoted();
         let seq = quote_ident(SEQ_COLUMN);
         let unpublished = if mark {
@@ -170,14 +159,12 @@ impl PollSource {
                 .timed("LISTEN on the outbox channel", session.client().batch_execute(&listen))
                 .await?;
         }
-        let names: Arc<[Arc<str>]> = fields.iter().map(|c| Arc::from(*c)).collect();
         Ok(Self {
             session,
             table,
             options,
             statements,
-            names,
-            id_index,
+            codec,
             cursor: 0,
             holes: Holes::default(),
             emitted: VecDeque::new(),
@@ -279,46 +266,12 @@ impl PollSource {
         self.clean_up().await?;
 
         // Late rows all precede the fresh ones in `seq`; within each part the order is `seq`.
-        let entries: Vec<Entry> = rows.iter().map(|row| self.entry(row)).collect();
+        let entries: Vec<Entry> = rows.iter().map(|row| self.codec.entry(row)).collect();
         self.emitted.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
         if !self.holes.is_empty() {
             tracing::trace!(ranges = self.holes.ranges(), "watching skipped seq values");
         }
         Ok(entries)
-    }
-
-    /// Text is read as the server's bytes: in a database whose encoding is not UTF-8 (say
-    /// `SQL_ASCII`) a value may not be UTF-8, and that makes the entry poison, kept whole (see
-    /// [`crate::text`]), never a crash.
-    fn entry(&self, row: &Row) -> Entry {
-        let seq: i64 = row.get(0);
-        let mut defect = None;
-        let payload = match self.table.payload_kind {
-            PayloadKind::Binary => row.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
-            PayloadKind::Json | PayloadKind::Text => row.get::<_, Option<RawText>>(1).map(|raw| {
-                check_text_payload(&raw.0, &mut defect);
-                Bytes::from(raw.0)
-            }),
-        };
-        let values: Vec<Option<String>> = self
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let raw = row.get::<_, Option<RawText>>(i + 2)?;
-                Some(text_or_hex(&raw.0, &format!("column {name:?}"), &mut defect))
-            })
-            .collect();
-        let id = values[self.id_index].clone().unwrap_or_default();
-        Entry {
-            position: Position::Poll { seq },
-            id,
-            fields: Fields::new(Arc::clone(&self.names), values),
-            payload,
-            payload_kind: self.table.payload_kind,
-            headers: Vec::new(),
-            defect,
-        }
     }
 
     async fn acknowledge(&mut self, upto: Position) -> Result<(), PostgresError> {
@@ -393,7 +346,73 @@ impl Source for PollSource {
 /// The rows of `statement` in order until they hold `max_bytes` (the row that crosses it is
 /// the last); whether that cut them short, and their bytes. The rows not taken are dropped as
 /// they arrive, never held.
-async fn bounded_rows(
+/// How outbox rows are selected and made into entries: the poll source's reads and `replay`'s.
+#[derive(Debug)]
+pub(crate) struct RowCodec {
+    names: Arc<[Arc<str>]>,
+    id_index: usize,
+    payload_kind: PayloadKind,
+    /// `seq, payload, field1::text, ...` of the table aliased `o`.
+    pub(crate) select: String,
+}
+
+impl RowCodec {
+    pub(crate) async fn new(session: &Session, table: &OutboxTable) -> Result<Self, PostgresError> {
+        let fields: Vec<&str> = table.field_columns().collect();
+        let id_index = fields.iter().position(|c| *c == table.id_column).expect("checked");
+        // A SQL_ASCII database stores any bytes and the server refuses to send a value that
+        // is not UTF-8 as text to a UTF-8 client: such text is read as its bytes instead.
+        let encoding: String = session
+            .timed(
+                "reading the server encoding",
+                session.client().query_one("select current_setting('server_encoding')", &[]),
+            )
+            .await?
+            .get(0);
+        Ok(Self {
+            select: select_list(table, &fields, encoding == "SQL_ASCII"),
+            names: fields.iter().map(|c| Arc::from(*c)).collect(),
+            id_index,
+            payload_kind: table.payload_kind,
+        })
+    }
+
+    /// Text is read as the server's bytes: in a database whose encoding is not UTF-8 (say
+    /// `SQL_ASCII`) a value may not be UTF-8, and that makes the entry poison, kept whole (see
+    /// [`crate::text`]), never a crash.
+    pub(crate) fn entry(&self, row: &Row) -> Entry {
+        let seq: i64 = row.get(0);
+        let mut defect = None;
+        let payload = match self.payload_kind {
+            PayloadKind::Binary => row.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
+            PayloadKind::Json | PayloadKind::Text => row.get::<_, Option<RawText>>(1).map(|raw| {
+                check_text_payload(&raw.0, &mut defect);
+                Bytes::from(raw.0)
+            }),
+        };
+        let values: Vec<Option<String>> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let raw = row.get::<_, Option<RawText>>(i + 2)?;
+                Some(text_or_hex(&raw.0, &format!("column {name:?}"), &mut defect))
+            })
+            .collect();
+        let id = values[self.id_index].clone().unwrap_or_default();
+        Entry {
+            position: Position::Poll { seq },
+            id,
+            fields: Fields::new(Arc::clone(&self.names), values),
+            payload,
+            payload_kind: self.payload_kind,
+            headers: Vec::new(),
+            defect,
+        }
+    }
+}
+
+pub(crate) async fn bounded_rows(
     client: &tokio_postgres::Client,
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
