@@ -5,7 +5,8 @@
 #      jars; Debian packages and jars are installed/cached once)
 #   2. installs cargo-nextest once (cargo install --locked; it runs the crash tests serially), and
 #      the npm packages of tests/js (the CloudEvents SDK and the AsyncAPI parser the tests
-#      check messages with; scripts/js-tools.sh, `npm ci` once)
+#      check messages with; scripts/js-tools.sh, `npm ci` once), and builds the OpenTelemetry
+#      Collector the span test exports to (scripts/otelcol.sh, from the Go module proxy, once)
 #   3. cargo fmt --check, clippy -D warnings, a build of each sink feature alone
 #   4. unit and integration tests against the real services (cargo nextest)
 #   5. stops the services it started
@@ -33,6 +34,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 scripts/js-tools.sh
+scripts/otelcol.sh >/dev/null
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -477,11 +477,23 @@ pub(crate) struct TelemetryConfig {
     pub(crate) log_format: LogFormat,
     /// Log filter (RUST_LOG syntax); the RUST_LOG variable wins when set.
     pub(crate) log_level: String,
+    /// OTLP/HTTP collector for the relay's own spans, e.g. "http://127.0.0.1:4318" (traces go
+    /// to /v1/traces there); "" (default) exports none. Only entries with a sampled
+    /// `traceparent` (route.traceparent) get spans.
+    pub(crate) otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub(crate) service_name: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { listen: String::new(), log_format: LogFormat::Text, log_level: "info".into() }
+        Self {
+            listen: String::new(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            otlp_endpoint: String::new(),
+            service_name: "outbox-relay".into(),
+        }
     }
 }
 
@@ -594,6 +606,7 @@ impl Config {
         if self.source.batch_size == 0 {
             return Err("source.batch_size must be at least 1".into());
         }
+        crate::spans::endpoint(&self.telemetry.otlp_endpoint)?;
         match (self.source.mode, self.source.after_publish) {
             (SourceMode::Wal, AfterPublishConfig::Mark) => {
                 return Err("source.after_publish = \"mark\" needs mode = \"poll\"; WAL mode \

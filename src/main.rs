@@ -18,6 +18,7 @@ mod replay;
 mod router;
 mod shutdown;
 mod sink;
+mod spans;
 mod state;
 mod status;
 mod telemetry;
@@ -56,7 +57,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let (shutdown, _signals) = shutdown::on_signal();
             tracing::info!(pipeline = %config.pipeline.name, "starting");
-            relay::run(config, shutdown).await?;
+            spans::init(&config.telemetry);
+            let result = relay::run(config, shutdown).await;
+            spans::flush().await;
+            result?;
             tracing::info!("stopped");
         }
         Command::Migrate => {
@@ -82,7 +86,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             asyncapi::asyncapi(&config, dir.unwrap_or(std::path::Path::new(".")), observe).await?
         }
         Command::Replay { from, to, dry_run, label } => {
-            replay::replay(&config, &replay::ReplayArgs { from, to, dry_run, label }).await?
+            spans::init(&config.telemetry);
+            let args = replay::ReplayArgs { from, to, dry_run, label };
+            let result = replay::replay(&config, &args).await;
+            spans::flush().await;
+            result?
         }
         Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
         Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {

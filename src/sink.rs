@@ -79,13 +79,39 @@ impl AnySink {
     }
 }
 
-impl Sink for AnySink {
-    async fn send(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
+impl AnySink {
+    fn system(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(_) => "kafka",
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(_) => "rabbitmq",
+        }
+    }
+
+    async fn send_untraced(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
         match self {
             #[cfg(feature = "kafka")]
             AnySink::Kafka(sink) => sink.send(message).await,
             #[cfg(feature = "rabbitmq")]
             AnySink::Rabbit(sink) => sink.send(message).await,
+        }
+    }
+}
+
+impl Sink for AnySink {
+    /// Sends through the configured sink; a message in a sampled trace gets the relay's publish
+    /// span (see [`crate::spans`]).
+    async fn send(&mut self, message: &Message) -> Result<Confirm, ConnectorError> {
+        let Some(span) = crate::spans::start(message, self.system()) else {
+            return self.send_untraced(message).await;
+        };
+        match self.send_untraced(&span.traced(message)).await {
+            Ok(confirm) => Ok(span.confirming(confirm)),
+            Err(error) => {
+                span.failed(&error);
+                Err(error)
+            }
         }
     }
 

@@ -196,3 +196,82 @@ async fn rabbitmq_messages_are_cloudevents_the_sdk_reads_in_both_modes_with_trac
         assert_eq!(sdk_reads(messages), expected(), "{mode}");
     }
 }
+
+/// With `telemetry.otlp_endpoint`, the relay's own spans reach a real OpenTelemetry Collector:
+/// a `publish` span (PRODUCER) in the writing transaction's trace, its child `confirm`, and the
+/// record's `traceparent` naming the publish span — for a sampled trace only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_publish_and_confirm_spans_reach_an_otlp_collector_in_the_entrys_trace() {
+    let collector = support::otel::Collector::start().await;
+    let db = fresh_database("otlp").await;
+    let prefix = unique("otlp");
+    let topic = format!("{prefix}.order");
+    create_topic(&services().kafka, &topic, 1).await;
+    let config = format!(
+        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n[route]\n\
+         topic = \"{prefix}.${{aggregatetype}}\"\ntraceparent = \"${{traceparent}}\"\n\
+         [telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"relay-under-test\"\n",
+        services().kafka,
+        collector.endpoint
+    );
+    migrate(&config).await;
+    let client = connect(&db).await;
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    client.batch_execute("alter table outbox add column traceparent text").await.unwrap();
+    client
+        .execute(
+            "insert into outbox (id, aggregatetype, aggregateid, type, payload, traceparent) values \
+             (gen_random_uuid(), 'order', 'o-1', 'OrderCreated', '{}', $1), \
+             (gen_random_uuid(), 'order', 'o-2', 'OrderCreated', '{}', $2), \
+             (gen_random_uuid(), 'order', 'o-3', 'OrderCreated', '{}', null)",
+            &[&TRACEPARENT, &unsampled],
+        )
+        .await
+        .unwrap();
+    let mut relay = Relay::spawn(&config);
+    wait_for("the outbox to drain", Duration::from_secs(60), || async {
+        count(&client, "select count(*) from outbox").await == 0
+    })
+    .await;
+    relay.terminate();
+    assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
+
+    let records: Vec<_> = read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
+    let sent: Vec<_> = records.iter().map(|r| r.header("traceparent")).collect();
+    let (trace, writer) = (&TRACEPARENT[3..35], &TRACEPARENT[36..52]);
+    let relayed = sent[0].expect("the sampled entry's traceparent");
+    assert_eq!(&relayed[..36], &TRACEPARENT[..36], "the same trace");
+    assert_ne!(&relayed[36..52], writer, "the relay's span is the consumer's parent");
+    assert_eq!(sent[1..], [Some(unsampled), None], "unsampled: passed on as it was");
+
+    wait_for("the spans at the collector", Duration::from_secs(20), || async {
+        collector.spans().len() >= 2
+    })
+    .await;
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 2, "only the sampled entry has spans: {spans:#?}");
+    let publish = spans.iter().find(|s| s["name"] == format!("publish {topic}")).expect("publish");
+    let confirm = spans.iter().find(|s| s["name"] == format!("confirm {topic}")).expect("confirm");
+    assert_eq!(publish["service"], "relay-under-test");
+    assert_eq!(publish["traceId"], trace);
+    assert_eq!(publish["parentSpanId"], writer, "a child of the writing transaction's span");
+    assert_eq!(publish["spanId"], &relayed[36..52]);
+    assert_eq!(publish["kind"], 4, "PRODUCER");
+    assert_eq!(confirm["traceId"], trace);
+    assert_eq!(confirm["parentSpanId"], publish["spanId"]);
+    let attribute = |name: &str| {
+        publish["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == name)
+            .map(|a| a["value"]["stringValue"].clone())
+    };
+    assert_eq!(attribute("messaging.system"), Some("kafka".into()));
+    assert_eq!(attribute("messaging.destination.name"), Some(topic.clone().into()));
+    assert_eq!(attribute("messaging.message.id"), Some(records[0].header("id").unwrap().into()));
+    let nanos = |span: &Value, field: &str| span[field].as_str().unwrap().parse::<u64>().unwrap();
+    assert!(nanos(publish, "startTimeUnixNano") <= nanos(confirm, "startTimeUnixNano"));
+    assert!(nanos(confirm, "endTimeUnixNano") <= nanos(publish, "endTimeUnixNano"));
+    assert_eq!(publish["status"]["code"], 1, "OK");
+}

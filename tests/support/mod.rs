@@ -7,6 +7,7 @@ pub mod check;
 pub mod cluster;
 pub mod js;
 pub mod kafka;
+pub mod otel;
 pub mod pg;
 pub mod proxy;
 pub mod rabbit;

@@ -53,11 +53,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts `run` with `config` plus a `[telemetry]` section on a free port.
+    /// Starts `run` with `config`, its `[telemetry]` (added if missing) listening on a free port.
     pub fn spawn(config: &str) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let metrics_port = super::free_port();
-        let config = format!("{config}\n[telemetry]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+        let listen = format!("listen = \"127.0.0.1:{metrics_port}\"\n");
+        let config = match config.split_once("[telemetry]\n") {
+            Some((before, after)) => format!("{before}[telemetry]\n{listen}{after}"),
+            None => format!("{config}\n[telemetry]\n{listen}"),
+        };
         std::fs::write(dir.path().join("relay.toml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
         let child = Command::new(bin())
