@@ -140,7 +140,9 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
     let total = u64::try_from(summary.entries).unwrap_or(0);
     let mut progress = Progress::new(total);
     let label_header = Header { name: Arc::from(REPLAY), value: label.clone() };
-    let mut in_flight: VecDeque<(Position, Confirm)> = VecDeque::new();
+    // Sent, not yet confirmed: position, confirm, bytes; bounded like the relay's window.
+    let mut in_flight: VecDeque<(Position, Confirm, usize)> = VecDeque::new();
+    let (mut in_flight_bytes, max_bytes) = (0usize, config.pipeline.max_in_flight_bytes);
     let mut skipped = Vec::new();
     let (mut confirmed, mut last) = (0u64, None);
     let stopped = 'replay: loop {
@@ -161,8 +163,12 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
             };
             // After `id`, `outbox-position` and `outbox-pipeline`; the entry's own stay last.
             message.headers.insert(3.min(message.headers.len()), label_header.clone());
-            while in_flight.len() >= window {
-                let (at, confirm) = in_flight.pop_front().expect("not empty");
+            let size = message.size();
+            while in_flight.len() >= window
+                || (!in_flight.is_empty() && in_flight_bytes + size > max_bytes)
+            {
+                let (at, confirm, bytes) = in_flight.pop_front().expect("not empty");
+                in_flight_bytes -= bytes;
                 if let Err(error) = confirm.await {
                     break 'replay Some((at, error));
                 }
@@ -171,14 +177,17 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
                 progress.confirmed(confirmed);
             }
             match sink.send(&message).await {
-                Ok(confirm) => in_flight.push_back((position, confirm)),
+                Ok(confirm) => {
+                    in_flight_bytes += size;
+                    in_flight.push_back((position, confirm, size));
+                }
                 Err(error) => break 'replay Some((position, error)),
             }
         }
     };
     // Everything sent before a failure may still be confirmed: count what is, in order.
     let mut stopped = stopped;
-    while let Some((at, confirm)) = in_flight.pop_front() {
+    while let Some((at, confirm, _)) = in_flight.pop_front() {
         if stopped.as_ref().is_some_and(|(failed, _)| *failed < at) {
             break;
         }
