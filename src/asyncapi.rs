@@ -9,7 +9,7 @@ use std::path::Path;
 
 use outbox_relay_core::cloudevents::STRUCTURED_CONTENT_TYPE;
 use outbox_relay_core::headers::{
-    CORRELATION_ID, ID, PIPELINE, POSITION, REDELIVERED, REPLY_TO, TRACEPARENT, TRACESTATE,
+    CORRELATION_ID, ID, PIPELINE, POSITION, REDELIVERED, REPLAY, REPLY_TO, TRACEPARENT, TRACESTATE,
 };
 use outbox_relay_postgres::Session;
 use serde_json::{json, Map, Value};
@@ -47,21 +47,19 @@ async fn observed(config: &Config) -> Result<Observed, RelayError> {
     let options = crate::leader::session_options(config);
     let session = Session::connect(config.postgres.url.expose(), &options).await?;
     let client = session.client();
-    let table = &config.source.table;
+    let table: outbox_relay_postgres::TableName = config.source.table.parse()?;
+    let quoted = table.quoted();
     let row = session
         .timed(
             "reading the outbox table's payload column type",
             client.query_opt(
-                "select $1::text::regclass::text, format_type(atttypid, atttypmod) from pg_attribute \
+                "select format_type(atttypid, atttypmod) from pg_attribute \
                  where attrelid = $1::text::regclass and attname = $2 and not attisdropped",
-                &[table, &config.source.payload_column],
+                &[&quoted, &config.source.payload_column],
             ),
         )
         .await?;
-    let (quoted, payload_type) = match row {
-        Some(row) => (row.get::<_, String>(0), Some(row.get(1))),
-        None => (table.clone(), None),
-    };
+    let payload_type = row.map(|row| row.get(0));
     let mut types = Vec::new();
     if let Some(column) = config.route.headers.get("type").and_then(|t| single_column(t)) {
         let column = format!("\"{}\"", column.replace('"', "\"\""));
@@ -276,6 +274,10 @@ fn message(
             json!({"type": "boolean", "description": "Present (true) on a message that may have been delivered before: check the inbox."}),
         );
     }
+    headers.insert(
+        REPLAY.into(),
+        json!({"type": "string", "description": "Present on a copy `outbox-relay replay` sent again: the replay's label."}),
+    );
     for (name, template) in &route.headers {
         let mut schema = string(&format!("route.headers.{name} = {template:?}"));
         if let (Some(kind), "type") = (kind, name.as_str()) {
@@ -341,7 +343,12 @@ fn message(
                 .map(|(name, schema, _)| (name.to_string(), schema))
                 .collect();
             properties.insert("datacontenttype".into(), json!({"const": content_type}));
-            properties.insert("data".into(), payload);
+            if content_type == "application/octet-stream" {
+                let bytes = json!({"type": "string", "contentEncoding": "base64"});
+                properties.insert("data_base64".into(), bytes);
+            } else {
+                properties.insert("data".into(), payload);
+            }
             let envelope = json!({
                 "type": "object",
                 "required": ["specversion", "id", "source", "type"],

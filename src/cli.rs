@@ -72,6 +72,10 @@ pub(crate) enum Command {
         /// The value of the `outbox-replay` header; the start time (UTC) by default.
         #[arg(long)]
         label: Option<String>,
+        /// WAL tailing: how long to wait for the relay to confirm every kept row the replay
+        /// reads (rows it has not delivered yet are never replayed ahead of it).
+        #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+        wait: Duration,
     },
     /// Entries set aside by `pipeline.on_poison = "dead-letter"`.
     #[command(subcommand)]

@@ -85,9 +85,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = cli.config.as_deref().and_then(std::path::Path::parent);
             asyncapi::asyncapi(&config, dir.unwrap_or(std::path::Path::new(".")), observe).await?
         }
-        Command::Replay { from, to, dry_run, label } => {
+        Command::Replay { from, to, dry_run, label, wait } => {
             spans::init(&config.telemetry);
-            let args = replay::ReplayArgs { from, to, dry_run, label };
+            let args = replay::ReplayArgs { from, to, dry_run, label, wait };
             let result = replay::replay(&config, &args).await;
             spans::flush().await;
             result?

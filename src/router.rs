@@ -177,8 +177,8 @@ impl Router {
                 return Err(RelayError::Template {
                     key: "route.headers",
                     template: name.clone(),
-                    reason: "`ce_*` and `cloudEvents:*` headers carry the CloudEvents attributes \
-                             (route.cloudevents); rename it"
+                    reason: "`ce_*`, `cloudEvents:*` and `content-type` headers carry the \
+                             CloudEvents attributes (route.cloudevents); rename it"
                         .into(),
                 });
             }
@@ -208,7 +208,16 @@ impl Router {
     }
 
     /// Routes one entry. `Err` means the entry is poison (see the module invariant).
-    pub(crate) fn route(&self, entry: Entry) -> Result<Message, Box<Poisoned>> {
+    pub(crate) fn route(&self, mut entry: Entry) -> Result<Message, Box<Poisoned>> {
+        // An envelope's own traceparent obeys the same rule as route.traceparent's.
+        entry.headers.retain(|h| {
+            let malformed = h.name.eq_ignore_ascii_case(TRACEPARENT)
+                && !headers::is_valid_traceparent(&h.value);
+            if malformed {
+                malformed_traceparent(&entry.id, &h.value);
+            }
+            !malformed
+        });
         let cloudevent = match &self.cloudevents {
             Some(templates) => templates.render(&entry).map(|ce| Some(Box::new(ce))),
             None => Ok(None),
@@ -253,8 +262,8 @@ impl Router {
         if self.cloudevents.is_some() {
             if let Some(forged) = entry.headers.iter().find(|h| cloudevents_name(&h.name)) {
                 return Err(format!(
-                    "the entry carries header {:?}, but `ce_*` and `cloudEvents:*` headers carry \
-                     the CloudEvents attributes (route.cloudevents)",
+                    "the entry carries header {:?}, but `ce_*`, `cloudEvents:*` and \
+                     `content-type` headers carry the CloudEvents attributes (route.cloudevents)",
                     forged.name
                 ));
             }
@@ -288,7 +297,7 @@ impl Router {
                 // W3C: a malformed traceparent is not propagated (the trace restarts there).
                 traced = headers::is_valid_traceparent(&value);
                 if !traced {
-                    tracing::warn!(id = %entry.id, %value, "not a W3C traceparent; not sent");
+                    malformed_traceparent(&entry.id, &value);
                     continue;
                 }
             }
@@ -301,11 +310,24 @@ impl Router {
     }
 }
 
-/// Whether a header `name` is one the CloudEvents bindings use for attributes.
+/// A traceparent that is not W3C's is not sent (W3C: the trace restarts there); said once at
+/// warning level, then at debug level, so a table full of them does not flood the log.
+fn malformed_traceparent(id: &str, value: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(%id, %value, "not a W3C traceparent; not sent");
+    } else {
+        tracing::warn!(%id, %value, "not a W3C traceparent; not sent (further ones are logged at debug level)");
+    }
+}
+
+/// Whether a header `name` is one the CloudEvents bindings use for attributes (and Kafka's
+/// `content-type`, which carries `datacontenttype`).
 fn cloudevents_name(name: &str) -> bool {
-    CLOUDEVENTS_PREFIXES.iter().any(|prefix| {
-        name.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-    })
+    name.eq_ignore_ascii_case("content-type")
+        || CLOUDEVENTS_PREFIXES.iter().any(|prefix| {
+            name.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        })
 }
 
 /// `[route.cloudevents]` parsed: the attribute templates.
@@ -426,7 +448,14 @@ fn rfc3339(text: &str) -> Option<String> {
         && digits(14..16)
         && b[16] == b':'
         && digits(17..19);
-    if !date_time {
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().unwrap_or(99);
+    let in_range = date_time
+        && (1..=12).contains(&number(5..7))
+        && (1..=31).contains(&number(8..10))
+        && number(11..13) <= 23
+        && number(14..16) <= 59
+        && number(17..19) <= 60;
+    if !in_range {
         return None;
     }
     let mut rest = &text[19..];
@@ -676,6 +705,8 @@ mod tests {
             "04.12.2026 10:00",
             "2026-12-04 10:00:00+0",
             "2026-12-04 10:00:00 BC+00",
+            "2026-13-04 10:00:00+00",
+            "2026-12-04 24:00:00+00",
             "",
         ] {
             assert_eq!(rfc3339(text), None, "{text}");

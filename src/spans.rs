@@ -85,9 +85,13 @@ pub(crate) fn init(config: &TelemetryConfig) {
 pub(crate) async fn flush() {
     let Some(exporter) = EXPORTER.get() else { return };
     let Some(task) = exporter.done.lock().await.take() else { return };
-    // The task ends when its queue is closed and empty: close it by sending the end marker.
-    let _ = exporter.spans.send(Value::Null).await;
-    let _ = tokio::time::timeout(EXPORT_TIMEOUT + LINGER, task).await;
+    // The task ends at the end marker; a full queue (a collector that does not answer) is not
+    // waited for longer than one export.
+    let ending = async {
+        let _ = exporter.spans.send(Value::Null).await;
+        let _ = task.await;
+    };
+    let _ = tokio::time::timeout(EXPORT_TIMEOUT + LINGER, ending).await;
 }
 
 async fn export(

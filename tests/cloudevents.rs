@@ -1,7 +1,9 @@
 //! Message conventions: CloudEvents 1.0 in binary and structured mode (`route.cloudevents`),
-//! checked by the official CloudEvents SDK (`tests/js/cloudevents.mjs`, npm `cloudevents`), and
-//! W3C trace context (`route.traceparent`). Each test writes the same three entries — one with
-//! a traceparent, one with a malformed one, one with none — and reads what each broker got.
+//! checked by the official CloudEvents SDK (`tests/js/cloudevents.mjs`, npm `cloudevents`), W3C
+//! trace context (`route.traceparent`), and the relay's own spans over OTLP. The two CloudEvents
+//! tests write the same three entries — one with a traceparent, one with a malformed one, one
+//! with none — into a database whose time zone and date style are not the relay's, and read
+//! what each broker got.
 
 mod support;
 
@@ -45,6 +47,15 @@ async fn deliver(db: &str, config: &str) {
                 'garbage', 'acme=2'),
                ('00000000-0000-4000-8000-000000000003', 'order', 'o-2', 'OrderShipped', '{}', null, null, null)",
         )
+        .await
+        .unwrap();
+    // The relay's sessions render dates their own way, whatever the database's defaults.
+    let name: String = client.query_one("select current_database()", &[]).await.unwrap().get(0);
+    client
+        .batch_execute(&format!(
+            "alter database \"{name}\" set timezone = 'Asia/Kolkata'; \
+             alter database \"{name}\" set datestyle = 'SQL, DMY'"
+        ))
         .await
         .unwrap();
     let relay = Relay::spawn(config);
@@ -150,8 +161,10 @@ async fn rabbitmq_messages_are_cloudevents_the_sdk_reads_in_both_modes_with_trac
         let db = fresh_database(&format!("ce_rabbit_{mode}")).await;
         let prefix = unique(&format!("cerabbit{mode}"));
         let queue = format!("{prefix}.q");
+        // WAL tailing here (polling on Kafka): the walsender renders dates as the relay asks too.
         let sink = format!(
-            "[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}",
+            "[source]\nmode = \"wal\"\nslot = \"{}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}",
+            unique("slot"),
             services().amqp,
             topology(&prefix, "fanout", &[&queue], "")
         );

@@ -531,7 +531,8 @@ async fn replay_resends_a_time_range_in_order_marked_beside_the_running_relay() 
 }
 
 /// WAL tailing with `after_publish = "keep"` on RabbitMQ: `migrate` gives the kept rows a `seq`,
-/// and `replay` sends them again in that order, marked, with their `poll:<seq>` position.
+/// and `replay`, beside the relay, sends them again in that order, marked, with their
+/// `poll:<seq>` position — only rows the relay has confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_resends_the_rows_wal_tailing_keeps_in_seq_order() {
     let db = fresh_database("replay_wal").await;
@@ -553,12 +554,19 @@ async fn replay_resends_the_rows_wal_tailing_keeps_in_seq_order() {
         relay.metric("outbox_relay_entries_acknowledged_total").await == Some(10.0)
     })
     .await;
-    drop(relay);
     let originals = support::rabbit::drain(&services().amqp, &queue).await;
 
     let out = command(&config, &["replay", "--from", "poll:1"]).await;
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("replayed 10 of 10 entries"), "{}", out.stdout);
+
+    // A kept row the relay has not confirmed is never replayed ahead of it: with the relay
+    // stopped and a new row in, replay waits for it, then says why it cannot go on.
+    drop(relay);
+    minute_apart(&client, 1).await;
+    let out = command(&config, &["replay", "--from", "poll:1", "--wait", "1s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("the relay has not confirmed everything"), "{}", out.stderr);
     let replayed = support::rabbit::drain(&services().amqp, &queue).await;
     assert!(replayed.iter().all(|d| d.header("outbox-replay").is_some()));
     // Per key (a RabbitMQ lane each), in the order WAL tailing sent them, which is seq order.

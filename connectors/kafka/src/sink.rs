@@ -334,7 +334,6 @@ impl Sink for KafkaSink {
     }
 }
 
-/// The client that reads partition tails: the producer's connection and security settings.
 /// The record's headers — the message's, then a CloudEvent's in the Kafka binding (binary:
 /// `ce_<attribute>`, with `datacontenttype` as `content-type`; structured: only `content-type`)
 /// — and, in structured mode, the event that is the record's value.
@@ -363,6 +362,7 @@ fn record_headers(message: &Message) -> (OwnedHeaders, Option<Vec<u8>>) {
     }
 }
 
+/// The client that reads partition tails: the producer's connection and security settings.
 fn replay_consumer(options: &KafkaOptions) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &options.brokers);

@@ -343,9 +343,6 @@ impl Source for PollSource {
     }
 }
 
-/// The rows of `statement` in order until they hold `max_bytes` (the row that crosses it is
-/// the last); whether that cut them short, and their bytes. The rows not taken are dropped as
-/// they arrive, never held.
 /// How outbox rows are selected and made into entries: the poll source's reads and `replay`'s.
 #[derive(Debug)]
 pub(crate) struct RowCodec {
@@ -412,6 +409,9 @@ impl RowCodec {
     }
 }
 
+/// The rows of `statement` in order until they hold `max_bytes` (the row that crosses it is
+/// the last); whether that cut them short, and their bytes. The rows not taken are dropped as
+/// they arrive, never held.
 pub(crate) async fn bounded_rows(
     client: &tokio_postgres::Client,
     statement: &Statement,

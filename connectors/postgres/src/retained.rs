@@ -139,6 +139,14 @@ impl Retained {
         })
     }
 
+    /// Ends the range at `seq` (if it ended later): what is published after the replay started
+    /// stays out.
+    pub fn end_at(&mut self, seq: Option<i64>) {
+        if let Some(seq) = seq {
+            self.range.to_seq = Some(self.range.to_seq.map_or(seq, |to| to.min(seq)));
+        }
+    }
+
     /// The next entries of the range, at most `max` and about `max_bytes`; empty at its end.
     pub async fn next(
         &mut self,
