@@ -514,6 +514,25 @@ async fn replay_resends_a_time_range_in_order_marked_beside_the_running_relay() 
     }
     assert_eq!(records.last().unwrap().header("type"), Some("Later"));
 
+    // On a terminal the progress is a bar redrawn in place (util-linux `script` gives it one).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, &config).unwrap();
+    let line = format!(
+        "{} --config {} replay --from poll:1 --to poll:3 --label tty",
+        support::relay::bin(),
+        file.display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("script (util-linux)");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("\r[") && shown.contains("3/3 entries 100%"), "{shown:?}");
+    assert!(!shown.contains("replay: 3 of 3 entries confirmed"), "no plain lines on a terminal");
+
     // What it cannot do, it says, with exit code 2.
     for (args, says) in [
         (&["--from", "wal:0/16B3748:0"][..], "not kept in the outbox table"),
