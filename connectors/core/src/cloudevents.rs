@@ -62,7 +62,9 @@ impl CloudEvent {
     /// The structured event: the attributes, then `data` — the JSON payload as it is, text as a
     /// JSON string, bytes as `data_base64`; none for a NULL payload.
     pub fn structured(&self, message: &Message) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.structured_len(message));
+        // Sized for the payload and the attributes, without serialising the event twice.
+        let payload = message.payload.as_ref().map_or(0, |p| p.len());
+        let mut body = Vec::with_capacity(payload + payload / 3 + 256);
         self.write_structured(message, &mut body).expect("writing to a Vec cannot fail");
         body
     }
