@@ -155,6 +155,14 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();
+            // The whole log outlives the test (its directory does not): CI prints only the tail.
+            let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-logs");
+            let name = format!("{}.log", super::unique("relay"));
+            if std::fs::create_dir_all(&kept).is_ok()
+                && std::fs::write(kept.join(&name), &log).is_ok()
+            {
+                eprintln!("---- the whole relay log: {} ----", kept.join(&name).display());
+            }
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
             eprintln!("---- relay log (last {} lines) ----", tail.len());
             for line in tail.iter().rev() {
