@@ -87,7 +87,8 @@ impl RelayState {
 
     /// Records, before sending, that positions up to `upto` may be sent.
     pub(crate) async fn note_sending(&mut self, upto: Position) -> Result<(), PostgresError> {
-        if self.max_sent.is_some_and(|sent| same_kind(sent, upto) && sent >= upto) {
+        // Positions of another kind of source (after a switch) do not compare: written anew.
+        if self.max_sent.is_some_and(|sent| sent >= upto) {
             return Ok(());
         }
         self.write("recording what is being sent", "max_sent", upto).await?;
@@ -97,7 +98,7 @@ impl RelayState {
 
     /// Records the checkpoint (the last acknowledged position).
     pub(crate) async fn note_acked(&mut self, upto: Position) -> Result<(), PostgresError> {
-        if self.acked.is_some_and(|acked| same_kind(acked, upto) && acked >= upto) {
+        if self.acked.is_some_and(|acked| acked >= upto) {
             return Ok(());
         }
         self.write("recording the checkpoint", "acked", upto).await?;
@@ -362,17 +363,8 @@ fn fenced(what: &'static str, written: u64) -> Result<(), PostgresError> {
     Ok(())
 }
 
-/// Positions of different sources (after a switch from polling to WAL) do not compare.
-fn same_kind(a: Position, b: Position) -> bool {
-    matches!(
-        (a, b),
-        (Position::Wal { .. }, Position::Wal { .. })
-            | (Position::Poll { .. }, Position::Poll { .. })
-    )
-}
-
 /// The entry's own headers as a JSON array of `[name, value]` pairs.
-fn headers_json(message: &Message) -> String {
+pub(crate) fn headers_json(message: &Message) -> String {
     let pairs: Vec<[&str; 2]> =
         message.own_headers().iter().map(|h| [&*h.name, h.value.as_str()]).collect();
     serde_json::to_string(&pairs).expect("strings serialize")
@@ -387,7 +379,7 @@ pub(crate) fn payload_kind_name(kind: PayloadKind) -> &'static str {
 }
 
 /// The entry's columns as a JSON object (text values), for redriving it into the outbox table.
-fn fields_json(message: &Message) -> String {
+pub(crate) fn fields_json(message: &Message) -> String {
     let mut object = serde_json::Map::new();
     for (name, value) in message.fields.names().iter().zip(message.fields.values()) {
         let value = value

@@ -22,37 +22,24 @@ use outbox_relay_core::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{backoff, held_reason, verdict, Records, Verdict};
+use super::ledger::Ledger;
+use super::outcome::{backoff, Ending};
+use super::poison::{held_reason, verdict, Verdict};
+use super::records::Records;
 use crate::config::SameKeyPolicy;
-use crate::error::RelayError;
 use crate::router::{Poisoned, Router};
 use crate::state::DeadLetter;
 use crate::telemetry::Activity;
 
-/// Why a redrive stopped before its end.
-pub(super) enum Interrupted {
-    /// Shutdown was requested: the rest waits for the next run.
-    Shutdown,
-    Halt(RelayError),
-    /// The relay's own records failed (transient: the run restarts).
-    State(ConnectorError),
-}
-
-impl From<outbox_relay_postgres::PostgresError> for Interrupted {
-    fn from(error: outbox_relay_postgres::PostgresError) -> Self {
-        Interrupted::State(error.into())
-    }
-}
-
 /// Delivers every requested dead letter, in the order they were set aside; returns how many
 /// were delivered. The caller has nothing in flight.
-pub(super) async fn redrive<K: Sink>(
+pub(super) async fn redrive<K: Sink, L: Ledger>(
     sink: &mut K,
     router: &Router,
-    records: &mut Records<'_>,
+    records: &mut Records<'_, L>,
     shutdown: &CancellationToken,
-) -> Result<usize, Interrupted> {
-    let letters = records.state.requested_dead_letters().await?;
+) -> Result<usize, Ending> {
+    let letters = records.ledger.requested_dead_letters().await?;
     tracing::info!(count = letters.len(), "redriving dead letters");
     // Key → its dead letter that failed again, now first of the key. Entries of the key after
     // it stay, behind it: those held behind a dead letter, and with "wait" every one (set aside
@@ -65,19 +52,19 @@ pub(super) async fn redrive<K: Sink>(
         if let Some(first) = letter.shard_key.as_ref().filter(|_| holds).and_then(|k| failed.get(k))
         {
             let reason = held_reason(first);
-            records.state.note_still_dead(letter.seq, &reason, Some(first)).await?;
+            records.ledger.note_still_dead(letter.seq, &reason, Some(first)).await?;
             continue;
         }
         match deliver(sink, router, records, &letter, shutdown).await? {
             None => {
-                records.state.note_redriven(letter.seq).await?;
+                records.ledger.note_redriven(letter.seq).await?;
                 records.telemetry.metrics.published.inc();
                 tracing::info!(entry = %letter.entry_id, "dead letter redriven");
                 delivered += 1;
             }
             Some(reason) => {
                 tracing::warn!(entry = %letter.entry_id, reason, "dead letter failed again; it stays");
-                records.state.note_still_dead(letter.seq, &reason, None).await?;
+                records.ledger.note_still_dead(letter.seq, &reason, None).await?;
                 if let Some(key) = &letter.shard_key {
                     failed.entry(key.clone()).or_insert_with(|| letter.entry_id.clone());
                 }
@@ -92,13 +79,13 @@ pub(super) async fn redrive<K: Sink>(
 
 /// Sends one dead letter until the broker confirms it (`None`) or it proves poison again (the
 /// reason), retrying transient failures with backoff.
-async fn deliver<K: Sink>(
+async fn deliver<K: Sink, L: Ledger>(
     sink: &mut K,
     router: &Router,
-    records: &mut Records<'_>,
+    records: &mut Records<'_, L>,
     letter: &DeadLetter,
     shutdown: &CancellationToken,
-) -> Result<Option<String>, Interrupted> {
+) -> Result<Option<String>, Ending> {
     let entry = match rebuild(letter) {
         Ok(entry) => entry,
         Err(reason) => return Ok(Some(reason)),
@@ -113,15 +100,15 @@ async fn deliver<K: Sink>(
                 message.redrive = true;
                 message.possible_replay = possible_replay;
                 if !noted {
-                    records.state.note_redrive_sending(letter.seq).await?;
+                    records.ledger.note_redrive_sending(letter.seq).await?;
                     noted = true;
                 }
                 let sent = sink.send(&message).await;
-                super::count_recognised(sink, &records.telemetry.metrics);
+                super::count_recognised(sink, records.telemetry);
                 let sent = match sent {
                     Ok(confirm) => {
                         let grace = records.settings.shutdown_grace;
-                        confirmed(confirm, shutdown, grace).await.ok_or(Interrupted::Shutdown)?
+                        confirmed(confirm, shutdown, grace).await.ok_or(Ending::Shutdown)?
                     }
                     Err(error) => Err(error),
                 };
@@ -144,12 +131,12 @@ async fn deliver<K: Sink>(
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 () = tokio::time::sleep(pause) => continue,
-                () = shutdown.cancelled() => return Err(Interrupted::Shutdown),
+                () = shutdown.cancelled() => return Err(Ending::Shutdown),
             }
         }
         let reason = crate::sink::chain(&failure);
         return match verdict(records.settings, &message, failure) {
-            Verdict::Halt(error) => Err(Interrupted::Halt(error)),
+            Verdict::Halt(error) => Err(Ending::Halt(error)),
             Verdict::SetAside => Ok(Some(reason)),
         };
     }

@@ -12,6 +12,8 @@ pub mod headers;
 mod position;
 mod sink;
 mod source;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use entry::{Entry, Fields, Header, Message, PayloadKind};
 pub use error::{ConnectorError, Retry};

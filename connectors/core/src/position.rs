@@ -31,7 +31,11 @@ impl FromStr for Lsn {
 }
 
 /// The source position of one entry; carried on every message so replays can be recognised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Positions of one kind compare; a WAL position and a poll position do not (after a switch
+/// from polling to WAL tailing, the horizon and checkpoint of the old source say nothing about
+/// the new one): `partial_cmp` is `None` for them, so every `<`, `<=`, `>=` across kinds is false.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Position {
     /// WAL: the commit LSN of the entry's transaction and the entry's index inside it.
     /// Totally ordered in commit order, stable across restarts.
@@ -40,6 +44,37 @@ pub enum Position {
     /// is emitted after rows with a higher `seq`, so the poll source acknowledges by identity
     /// ("everything I emitted up to and including this row"), never by comparing values.
     Poll { seq: i64 },
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (
+                Position::Wal { commit_lsn: a, index: i },
+                Position::Wal { commit_lsn: b, index: j },
+            ) => Some((a, i).cmp(&(b, j))),
+            (Position::Poll { seq: a }, Position::Poll { seq: b }) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+}
+
+impl Position {
+    /// Whether `self` and `other` come from the same kind of source, so they compare.
+    pub fn comparable(self, other: Position) -> bool {
+        self.partial_cmp(&other).is_some()
+    }
+
+    /// The later of two positions of one kind; `other` when they do not compare (the newer
+    /// source's position replaces the older's).
+    #[must_use]
+    pub fn max_of(self, other: Position) -> Position {
+        if self > other {
+            self
+        } else {
+            other
+        }
+    }
 }
 
 impl fmt::Display for Position {
@@ -96,6 +131,11 @@ mod tests {
         let a: Position = "wal:0/10:5".parse().unwrap();
         let b: Position = "wal:0/11:0".parse().unwrap();
         assert!(a < b);
+        let poll = Position::Poll { seq: i64::MAX };
+        assert_eq!(a.partial_cmp(&poll), None, "kinds do not compare");
+        assert!(!a.comparable(poll) && a.comparable(b));
+        assert_eq!(a.max_of(b), b);
+        assert_eq!(b.max_of(poll), poll, "the newer kind replaces the older");
         assert!("kafka:1".parse::<Position>().is_err());
         assert!("wal:0/10".parse::<Position>().is_err());
     }
