@@ -39,6 +39,6 @@ scripts/otelcol.sh >/dev/null
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 for feature in kafka rabbitmq; do
-  cargo check --locked --no-default-features --features "$feature" --bin outbox-relay
+  cargo clippy --locked --no-default-features --features "$feature" --bin outbox-relay -- -D warnings
 done
 cargo nextest run --workspace --locked

@@ -287,6 +287,7 @@ pub(crate) enum KafkaDelivery {
 
 impl KafkaConfig {
     /// The passthrough properties as librdkafka takes them (text values).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code, reason = "librdkafka takes them"))]
     pub(crate) fn property_texts(&self) -> BTreeMap<String, String> {
         self.properties.iter().map(|(k, v)| (k.clone(), property_text(v))).collect()
     }
@@ -671,6 +672,7 @@ impl From<KafkaDelivery> for outbox_relay_kafka::Delivery {
 }
 
 /// A librdkafka property value as text (`true`, `5`, `lz4`).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code, reason = "librdkafka takes them"))]
 pub(crate) fn property_text(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),

@@ -16,6 +16,7 @@ pub(crate) enum AnySink {
 }
 
 impl AnySink {
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables, reason = "Kafka's options use it"))]
     pub(crate) fn new(config: &SinkConfig, pipeline: &str) -> Result<Self, RelayError> {
         let invalid = |message: String| RelayError::Config { origin: "sink".into(), message };
         match config {
@@ -69,6 +70,7 @@ impl AnySink {
     /// A new run starts: replays of earlier runs may follow (see [`crate::state`]); `window`
     /// bounds how far back the Kafka sink looks for them. Returns once nothing of an earlier run
     /// can still land behind this run's messages (Kafka: drained, or fenced and aborted).
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables, reason = "only Kafka looks back"))]
     pub(crate) async fn begin_run(&mut self, window: usize) -> Result<(), ConnectorError> {
         match self {
             #[cfg(feature = "kafka")]
