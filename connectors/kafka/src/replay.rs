@@ -180,7 +180,8 @@ struct TailContext;
 impl ClientContext for TailContext {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
-            KafkaError::PartitionEOF(_) => {}
+            KafkaError::PartitionEOF(_)
+            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
             error => tracing::warn!(error = %error, reason, "reading a partition's tail"),
         }
     }

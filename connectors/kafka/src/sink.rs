@@ -108,7 +108,20 @@ impl KafkaSink {
     /// the cluster is away, that wait lasts as long as the outage).
     pub async fn begin_run(&mut self, window: usize) -> Result<(), KafkaSinkError> {
         match &self.transactions {
-            Some(transactions) => transactions.begin_run().await?,
+            Some(transactions) => {
+                if transactions.holds_open().await {
+                    // An abort returns before its markers are in the partitions; a new
+                    // producer's `init_transactions` aborts the transaction and returns only
+                    // once it is complete, so the tails this run reads are decided.
+                    tracing::info!(
+                        "an earlier run left a Kafka transaction open; a new producer ends it"
+                    );
+                    let producer = producer(&self.options, &self.health)?;
+                    self.transactions = Some(transactions.renewed(producer.clone()));
+                    self.producer = producer;
+                }
+                self.transactions.as_ref().expect("transactional").begin_run().await?;
+            }
             None => {
                 let mut logged = false;
                 while self.producer.in_flight_count() > 0 {
@@ -211,8 +224,9 @@ impl KafkaSink {
 
 impl KafkaSink {
     /// Transactional mode: a producer fenced by a newer one never comes back (another relay
-    /// leads now); one lost otherwise is replaced once every confirm it gave out resolved, and
-    /// what it may have committed is read anew from the partitions.
+    /// leads now); one lost otherwise, or one that aborted a transaction, is replaced once
+    /// every confirm it gave out resolved (see [`crate::transaction`]), and what a lost one may
+    /// have committed is read anew from the partitions.
     async fn renew_transactional_if_lost(&mut self, id: &str) -> Result<(), KafkaSinkError> {
         let Some(transactions) = &self.transactions else { return Ok(()) };
         if let Some((code, reason)) = self.producer.client().fatal_error() {
@@ -226,7 +240,7 @@ impl KafkaSink {
         if !transactions.needs_new_producer() {
             return Ok(());
         }
-        tracing::warn!(id, "replacing the failed Kafka producer; messages whose transaction's outcome is unknown are looked up first");
+        tracing::warn!(id, "replacing the Kafka producer (it failed or aborted a transaction); messages whose transaction's outcome is unknown are looked up first");
         let producer = producer(&self.options, &self.health)?;
         let renewed = transactions.renewed(producer.clone());
         self.producer = producer;
@@ -235,6 +249,20 @@ impl KafkaSink {
         self.tails.forget_and_widen(self.options.transactions.max_messages.saturating_add(16));
         // If this fails, the next enlist initialises the new producer again.
         self.transactions.as_ref().expect("just set").begin_run().await
+    }
+}
+
+impl KafkaSink {
+    /// Whether `message` may already be in Kafka, so its partition is looked at first: a
+    /// possible replay (of an earlier run, or of an earlier round of this one) that is not
+    /// known absent, or a message of a transaction whose outcome is unknown.
+    fn needs_lookup(&self, message: &Message) -> bool {
+        let Some(transactions) = &self.transactions else { return message.possible_replay };
+        if transactions.take_unknown(&message.id, message.position) {
+            return true;
+        }
+        let absent = transactions.take_absent(&message.id, message.position);
+        message.possible_replay && !absent
     }
 }
 
@@ -252,17 +280,19 @@ impl Sink for KafkaSink {
         self.renew_if_fatal(&message.id).await?;
         let partitions = self.ensure_topic(&message.destination).await?;
         let partition = partition_for(message, partitions);
-        let outcome_unknown = self
-            .transactions
-            .as_ref()
-            .is_some_and(|t| t.take_unknown(&message.id, message.position));
-        if (message.possible_replay || outcome_unknown)
-            && self.tails.contains(message, partition).await?
-        {
+        if self.needs_lookup(message) && self.tails.contains(message, partition).await? {
             tracing::debug!(id = %message.id, position = %message.position, partition, "already in Kafka; not sent again");
             self.recognised += 1;
             return Ok(Box::pin(futures::future::ready(Ok(()))));
         }
+        // From here on the message is not in Kafka: never sent, not found, or sent only in
+        // transactions that aborted.
+        let refused = |error: KafkaSinkError| {
+            if let Some(transactions) = &self.transactions {
+                transactions.still_absent(&message.id, message.position);
+            }
+            ConnectorError::from(error)
+        };
 
         let (headers, structured) = record_headers(message);
         let mut record = FutureRecord::<[u8], [u8]>::to(&message.destination)
@@ -277,7 +307,7 @@ impl Sink for KafkaSink {
             record = record.payload(payload);
         }
         let enlisted = match &self.transactions {
-            Some(transactions) => Some(transactions.enlist(&message.id).await?),
+            Some(transactions) => Some(transactions.enlist(&message.id).await.map_err(refused)?),
             None => None,
         };
         let full_since = std::time::Instant::now();
@@ -287,22 +317,20 @@ impl Sink for KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // Wait for room, but not forever: the engine backs off and re-sends.
                     if full_since.elapsed() >= self.options.metadata_timeout {
-                        return Err(KafkaSinkError::QueueFull {
+                        return Err(refused(KafkaSinkError::QueueFull {
                             id: message.id.clone(),
                             after: self.options.metadata_timeout,
-                        }
-                        .into());
+                        }));
                     }
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
                 Err((source, _)) => {
-                    return Err(KafkaSinkError::Produce {
+                    return Err(refused(KafkaSinkError::Produce {
                         id: message.id.clone(),
                         topic: message.destination.clone(),
                         source: Box::new(source),
-                    }
-                    .into());
+                    }));
                 }
             }
         };

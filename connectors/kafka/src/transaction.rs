@@ -8,6 +8,17 @@
 //!   is handed over until every confirm given out has resolved: the engine has then seen the
 //!   failure and re-sends its unconfirmed messages in order, so a re-sent message is never
 //!   overtaken by a later one.
+//! - **After an abort, a new producer**: the aborted transaction's batches may be in the
+//!   partitions (sent before the cluster went away, retried after), and the same producer would
+//!   send the re-sends with the same producer id, epoch and sequence numbers, which the broker
+//!   takes for duplicates of those aborted batches, acknowledges, and drops: a loss. A new
+//!   producer's `init_transactions` bumps the epoch (sequences start again), and returns once
+//!   the aborted transaction is complete.
+//! - A message known to be absent from Kafka (never sent before, or looked for and not found)
+//!   stays *known absent* while its sends end in aborted transactions or are refused before
+//!   they reach the producer: its re-send is not looked for. An abort returns once the
+//!   coordinator has decided, before the abort markers are in the partitions, so a tail read
+//!   right after it would read partitions whose end is not decided yet; nothing needs one.
 //! - `init_transactions` under the pipeline's stable `transactional.id` fences every older
 //!   producer with that id (a crashed run, a deposed leader) and aborts what it left open,
 //!   before this run reads a partition's tail. A producer fenced in its turn fails every
@@ -61,8 +72,22 @@ enum Ended {
     Lost(String),
 }
 
-/// Messages whose transaction's outcome is unknown: `(id, position)`.
-type Unknown = Arc<std::sync::Mutex<HashSet<(String, Position)>>>;
+/// A set of messages, `(id, position)`: those whose transaction's outcome is unknown, or those
+/// known to be absent from Kafka.
+#[derive(Clone, Debug, Default)]
+struct Marks(Arc<std::sync::Mutex<HashSet<(String, Position)>>>);
+
+impl Marks {
+    fn insert(&self, id: &str, position: Position) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((id.to_owned(), position));
+    }
+
+    /// Whether the message is marked (and unmarks it).
+    fn take(&self, id: &str, position: Position) -> bool {
+        let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        marks.remove(&(id.to_owned(), position))
+    }
+}
 
 type Outcome = Shared<oneshot::Receiver<Ended>>;
 
@@ -88,9 +113,13 @@ pub(crate) struct Transactions {
     unresolved: Arc<AtomicUsize>,
     due: Arc<Notify>,
     settings: TransactionSettings,
-    /// Set once the producer failed for good (not fenced): the sink replaces it.
-    lost: Arc<AtomicBool>,
-    unknown: Unknown,
+    /// Set once the producer failed for good (not fenced) or aborted a transaction: the sink
+    /// replaces it.
+    renew: Arc<AtomicBool>,
+    /// Messages whose transaction's outcome is unknown: looked for before they are sent again.
+    unknown: Marks,
+    /// Messages known to be absent from Kafka (see the module docs): not looked for.
+    absent: Marks,
     _committer: AbortOnDropHandle<()>,
 }
 
@@ -100,7 +129,8 @@ pub(crate) struct Enlisted {
     unresolved: Arc<AtomicUsize>,
     due: Arc<Notify>,
     max_messages: usize,
-    unknown: Unknown,
+    unknown: Marks,
+    absent: Marks,
 }
 
 impl Transactions {
@@ -108,28 +138,29 @@ impl Transactions {
         producer: FutureProducer<RelayContext>,
         settings: TransactionSettings,
     ) -> Self {
-        Self::with_unknown(producer, settings, Unknown::default())
+        Self::with_marks(producer, settings, Marks::default(), Marks::default())
     }
 
-    /// A new producer's transactions in place of `self`'s lost one; the messages whose outcome
-    /// is unknown stay so.
+    /// A new producer's transactions in place of `self`'s; the messages whose outcome is
+    /// unknown stay so, and those known absent stay so.
     pub(crate) fn renewed(&self, producer: FutureProducer<RelayContext>) -> Self {
-        Self::with_unknown(producer, self.settings, Arc::clone(&self.unknown))
+        Self::with_marks(producer, self.settings, self.unknown.clone(), self.absent.clone())
     }
 
-    fn with_unknown(
+    fn with_marks(
         producer: FutureProducer<RelayContext>,
         settings: TransactionSettings,
-        unknown: Unknown,
+        unknown: Marks,
+        absent: Marks,
     ) -> Self {
         let book = Arc::new(Mutex::new(Book { initialised: false, open: None, broken: None }));
         let due = Arc::new(Notify::new());
-        let lost = Arc::new(AtomicBool::new(false));
+        let renew = Arc::new(AtomicBool::new(false));
         let committer = tokio::spawn(commit_when_due(
             producer.clone(),
             Arc::clone(&book),
             Arc::clone(&due),
-            Arc::clone(&lost),
+            Arc::clone(&renew),
             settings,
         ));
         Self {
@@ -138,35 +169,48 @@ impl Transactions {
             unresolved: Arc::new(AtomicUsize::new(0)),
             due,
             settings,
-            lost,
+            renew,
             unknown,
+            absent,
             _committer: AbortOnDropHandle::new(committer),
         }
     }
 
-    /// The producer failed for good (not fenced) and every confirm given out has resolved:
-    /// time to replace it.
+    /// The producer failed for good (not fenced) or aborted a transaction, and every confirm
+    /// given out has resolved: time to replace it.
     pub(crate) fn needs_new_producer(&self) -> bool {
-        self.lost.load(Ordering::Acquire) && self.unresolved.load(Ordering::Acquire) == 0
+        self.renew.load(Ordering::Acquire) && self.unresolved.load(Ordering::Acquire) == 0
     }
 
     /// Whether the transaction that last held this message ended with an unknown outcome (and
     /// forgets it: the caller looks it up once).
     pub(crate) fn take_unknown(&self, id: &str, position: Position) -> bool {
-        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-        unknown.remove(&(id.to_owned(), position))
+        self.unknown.take(id, position)
     }
 
-    /// A run starts: fences older producers of this `transactional.id` (first time only) and
-    /// aborts a transaction an earlier run of this process left open, so the partitions' tails
-    /// read next hold everything that will ever commit of it.
+    /// Whether the message is known to be absent from Kafka (and forgets it: the caller either
+    /// sends it, which settles it anew, or calls [`Transactions::still_absent`]).
+    pub(crate) fn take_absent(&self, id: &str, position: Position) -> bool {
+        self.absent.take(id, position)
+    }
+
+    /// A message known to be absent was not handed to the producer after all.
+    pub(crate) fn still_absent(&self, id: &str, position: Position) {
+        self.absent.insert(id, position);
+    }
+
+    /// Whether a transaction is open (an earlier run of this process left it).
+    pub(crate) async fn holds_open(&self) -> bool {
+        self.book.lock().await.open.is_some()
+    }
+
+    /// A run starts: fences older producers of this `transactional.id` (first time only;
+    /// `init_transactions` returns once the transaction they left is complete, its markers
+    /// written, so the partitions' tails read next are decided). A transaction this producer
+    /// left open is not aborted here (see [`crate::KafkaSink::begin_run`]).
     pub(crate) async fn begin_run(&self) -> Result<(), KafkaSinkError> {
         let mut book = self.book.lock().await;
         self.initialise(&mut book).await?;
-        if let Some(open) = book.open.take() {
-            let ended = end(&self.producer, self.settings.timeout, false).await;
-            let _ = open.done.send(ended);
-        }
         if matches!(book.broken, Some(Ended::Aborted(_))) {
             book.broken = None;
         }
@@ -201,11 +245,8 @@ impl Transactions {
                 .map_err(|_| waiting(format!("a commit took over {:?}", self.settings.timeout)))?;
         match book.broken.clone() {
             Some(Ended::Fenced(reason)) => return Err(KafkaSinkError::Fenced { reason }),
-            Some(Ended::Lost(reason)) => {
+            Some(Ended::Lost(reason) | Ended::Aborted(reason)) => {
                 return Err(waiting(format!("the producer is being replaced: {reason}")));
-            }
-            Some(Ended::Aborted(reason)) if self.unresolved.load(Ordering::Acquire) > 0 => {
-                return Err(waiting(format!("an earlier transaction failed: {reason}")));
             }
             _ => book.broken = None,
         }
@@ -224,14 +265,15 @@ impl Transactions {
             unresolved: Arc::clone(&self.unresolved),
             due: Arc::clone(&self.due),
             max_messages: self.settings.max_messages,
-            unknown: Arc::clone(&self.unknown),
+            unknown: self.unknown.clone(),
+            absent: self.absent.clone(),
         })
     }
 }
 
 impl Enlisted {
-    /// The message was handed to the producer: its confirm is `delivered` and then the commit of
-    /// the transaction it is in.
+    /// The message, absent from Kafka until now, was handed to the producer: its confirm is
+    /// `delivered` and then the commit of the transaction it is in.
     pub(crate) fn confirm(mut self, id: String, position: Position, delivered: Confirm) -> Confirm {
         let open = self.book.open.as_mut().expect("enlist opened a transaction");
         open.messages += 1;
@@ -241,22 +283,25 @@ impl Enlisted {
         let outcome = open.outcome.clone();
         self.unresolved.fetch_add(1, Ordering::AcqRel);
         let resolved = Resolved(Arc::clone(&self.unresolved));
-        let unknown = Arc::clone(&self.unknown);
+        let (unknown, absent) = (self.unknown.clone(), self.absent.clone());
         drop(self.book);
         Box::pin(async move {
             let _resolved = resolved;
             let delivered = delivered.await;
-            let ended =
-                outcome.await.unwrap_or_else(|_| Ended::Aborted("the producer was closed".into()));
+            // A transaction nobody ended (its producer was dropped) is left to the next
+            // producer's `init_transactions`: its outcome is unknown here.
+            let ended = outcome.await.unwrap_or_else(|_| {
+                Ended::Lost("the producer was closed with the transaction open".into())
+            });
             match ended {
                 Ended::Committed => delivered,
-                Ended::Aborted(reason) => Err(KafkaSinkError::Aborted { id, reason }.into()),
+                Ended::Aborted(reason) => {
+                    absent.insert(&id, position);
+                    Err(KafkaSinkError::Aborted { id, reason }.into())
+                }
                 Ended::Fenced(reason) => Err(KafkaSinkError::Fenced { reason }.into()),
                 Ended::Lost(reason) => {
-                    unknown
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert((id.clone(), position));
+                    unknown.insert(&id, position);
                     Err(KafkaSinkError::OutcomeUnknown { id, reason }.into())
                 }
             }
@@ -278,7 +323,7 @@ async fn commit_when_due(
     producer: FutureProducer<RelayContext>,
     book: Arc<Mutex<Book>>,
     due: Arc<Notify>,
-    lost: Arc<AtomicBool>,
+    renew: Arc<AtomicBool>,
     settings: TransactionSettings,
 ) {
     loop {
@@ -301,12 +346,13 @@ async fn commit_when_due(
         }
         let open = guard.open.take().expect("checked");
         // An empty transaction (a send that failed after it opened one) commits as a no-op.
-        let ended = end(&producer, settings.timeout, true).await;
+        let ended = end(&producer, settings.timeout).await;
         match &ended {
             Ended::Committed => {}
             Ended::Aborted(reason) => {
-                tracing::warn!(messages = open.messages, reason = %reason, "Kafka transaction aborted; its messages are sent again");
+                tracing::warn!(messages = open.messages, reason = %reason, "Kafka transaction aborted; its messages are sent again, by a new producer");
                 guard.broken = Some(ended.clone());
+                renew.store(true, Ordering::Release);
             }
             Ended::Fenced(reason) => {
                 tracing::error!(reason = %reason, "Kafka producer fenced by a newer one of its transactional.id");
@@ -315,7 +361,7 @@ async fn commit_when_due(
             Ended::Lost(reason) => {
                 tracing::warn!(messages = open.messages, reason = %reason, "Kafka producer failed for good; the transaction's outcome is unknown, its messages are looked up and sent again if missing");
                 guard.broken = Some(ended.clone());
-                lost.store(true, Ordering::Release);
+                renew.store(true, Ordering::Release);
             }
         }
         let _ = open.done.send(ended);
@@ -323,35 +369,28 @@ async fn commit_when_due(
     }
 }
 
-/// Commits (`commit` true) or aborts the open transaction; a commit that fails is aborted.
-/// Retries what the cluster cannot do yet (a coordinator away) until it succeeds or fails for
-/// good.
-async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration, commit: bool) -> Ended {
-    let mut reason = None;
-    if commit {
-        loop {
-            let p = producer.clone();
-            match blocking(move || p.commit_transaction(timeout)).await {
-                Ok(()) => return Ended::Committed,
-                Err(error) if fatal(&error) => return for_good(producer, &error),
-                Err(error) if retriable(&error) => {
-                    tracing::warn!(error = %error, "Kafka transaction commit did not finish; trying again");
-                    tokio::time::sleep(END_RETRY_PAUSE).await;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "Kafka transaction commit failed; aborting it");
-                    reason = Some(error.to_string());
-                    break;
-                }
+/// Commits the open transaction; a commit that fails is aborted. Retries what the cluster
+/// cannot do yet (a coordinator away) until it succeeds or fails for good.
+async fn end(producer: &FutureProducer<RelayContext>, timeout: Duration) -> Ended {
+    let reason = loop {
+        let p = producer.clone();
+        match blocking(move || p.commit_transaction(timeout)).await {
+            Ok(()) => return Ended::Committed,
+            Err(error) if fatal(&error) => return for_good(producer, &error),
+            Err(error) if retriable(&error) => {
+                tracing::warn!(error = %error, "Kafka transaction commit did not finish; trying again");
+                tokio::time::sleep(END_RETRY_PAUSE).await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Kafka transaction commit failed; aborting it");
+                break error.to_string();
             }
         }
-    }
+    };
     loop {
         let p = producer.clone();
         match blocking(move || p.abort_transaction(timeout)).await {
-            Ok(()) => {
-                return Ended::Aborted(reason.unwrap_or_else(|| "abandoned by this run".into()))
-            }
+            Ok(()) => return Ended::Aborted(reason),
             Err(error) if fatal(&error) => return for_good(producer, &error),
             Err(error) => {
                 tracing::warn!(error = %error, "Kafka transaction abort did not finish; trying again");
