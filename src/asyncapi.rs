@@ -11,7 +11,6 @@ use outbox_relay_core::cloudevents::STRUCTURED_CONTENT_TYPE;
 use outbox_relay_core::headers::{
     CORRELATION_ID, ID, PIPELINE, POSITION, REDELIVERED, REPLAY, REPLY_TO, TRACEPARENT, TRACESTATE,
 };
-use outbox_relay_postgres::Session;
 use serde_json::{json, Map, Value};
 
 use crate::config::{AsyncApiMessage, CloudEventsMode, Config, SinkConfig};
@@ -44,8 +43,7 @@ fn single_column(template: &str) -> Option<&str> {
 }
 
 async fn observed(config: &Config) -> Result<Observed, RelayError> {
-    let options = crate::leader::session_options(config);
-    let session = Session::connect(config.postgres.url.expose(), &options).await?;
+    let session = crate::store::connect(config).await?;
     let client = session.client();
     let table: outbox_relay_postgres::TableName = config.source.table.parse()?;
     let quoted = table.quoted();

@@ -61,8 +61,7 @@ async fn run(config: &Config, quiet: bool) -> Result<Report, RelayError> {
     report.pass("config", format!("pipeline {:?} is valid", config.pipeline.name));
     let router = Router::new(&config.route, &config.pipeline.name)?;
 
-    let options = crate::leader::session_options(config);
-    match Session::connect(config.postgres.url.expose(), &options).await {
+    match crate::store::connect(config).await {
         Ok(session) => {
             report.pass("postgres", format!("connected to {}", session.target()));
             check_database(&session, config, &router, &mut report).await;
@@ -74,8 +73,8 @@ async fn run(config: &Config, quiet: bool) -> Result<Report, RelayError> {
 }
 
 async fn check_database(session: &Session, config: &Config, router: &Router, report: &mut Report) {
-    let latest = crate::migrate::latest_version() as i32;
-    match crate::migrate::applied_version(session).await {
+    let latest = crate::store::migrations::latest_version() as i32;
+    match crate::store::migrations::applied_version(session).await {
         Ok(applied) if applied >= latest => {
             report.pass("migrations", format!("relay schema at version {latest}"));
         }

@@ -203,8 +203,7 @@ pub(crate) fn print(
 }
 
 async fn connect(config: &Config) -> Result<Session, RelayError> {
-    Ok(Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
-        .await?)
+    Ok(crate::store::connect(config).await?)
 }
 
 fn query_error(what: &'static str, source: tokio_postgres::Error) -> RelayError {

@@ -24,8 +24,7 @@ pub(crate) async fn watch(config: Config, telemetry: Arc<Telemetry>, shutdown: C
     loop {
         let attempt = async {
             if session.is_none() {
-                let options = crate::leader::session_options(&config);
-                session = Some(Session::connect(config.postgres.url.expose(), &options).await?);
+                session = Some(crate::store::connect(&config).await?);
             }
             read(session.as_ref().expect("connected"), &config, &telemetry).await
         };

@@ -1,5 +1,37 @@
 //! `outbox-relay`: the binary. Parses the command line, loads the config, sets up logging, and
 //! hands over to the command. `anyhow` lives only here.
+//!
+//! # How a message flows (`outbox-relay run`), file by file
+//!
+//! ```text
+//!  relay.rs            leadership (leader.rs: the pipeline's advisory lock, an epoch that fences
+//!    │                 a deposed leader), the relay's records (state.rs), the source, the sink's
+//!    │                 run (Kafka: fence older producers, read how far back replays may go)
+//!    ▼
+//!  pipeline/mod.rs     one run, a loop over Events: send what the window allows, take stock,
+//!    │                 decide a failing round, wait
+//!    ├─ feed.rs        the source's task: connectors/postgres (poll.rs: gap-free polling of the
+//!    │                 outbox table; wal/: pgoutput over a replication slot) → batches of Entry
+//!    ├─ router.rs      Entry → Message: destination, shard key, headers, CloudEvent (or poison)
+//!    ├─ poison.rs      a message that can never go: halt, or a dead letter (key held behind it)
+//!    ├─ sink.rs        AnySink → connectors/kafka or connectors/rabbitmq: send → Confirm
+//!    ├─ window.rs      pending entries, the ack tracker (ack_tracker.rs), the confirms; a
+//!    │                 failure stops the window until every confirm is in, then re-sends in order
+//!    ├─ records.rs     write-ahead `max_sent` before a batch goes out; state; checkpoint
+//!    └─ redrive.rs     dead letters `dlq redrive` asked for, one at a time, in the stream
+//!    ▼
+//!  feed.rs again       ack(position) for the contiguous confirmed prefix: the slot's flush LSN
+//!                      is reported, or the rows are deleted/marked — the checkpoint
+//! ```
+//!
+//! Glossary: an **entry** is what a source read (a row, a logical message); a **message** is an
+//! entry routed for a broker; a **confirm** is the broker's word that it holds a message; the
+//! **prefix** is the run of confirmed messages from the oldest unacknowledged one; a
+//! **possible replay** is a message an earlier run (or an earlier round) may have delivered,
+//! which the sink looks for (Kafka) or marks (RabbitMQ) instead of duplicating blindly.
+//!
+//! The other commands (`migrate.rs`, `check.rs`, `doctor.rs`, `status.rs`, `dlq.rs`,
+//! `replay.rs`, `asyncapi.rs`) share `config.rs` and the connectors and never run a pipeline.
 
 mod ack_tracker;
 mod asyncapi;
@@ -10,8 +42,6 @@ mod dlq;
 mod doctor;
 mod error;
 mod gauges;
-mod leader;
-mod migrate;
 mod pipeline;
 mod relay;
 mod replay;
@@ -19,8 +49,8 @@ mod router;
 mod shutdown;
 mod sink;
 mod spans;
-mod state;
 mod status;
+mod store;
 mod telemetry;
 
 use anyhow::Context;
@@ -64,7 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("stopped");
         }
         Command::Migrate => {
-            let report = migrate::migrate(&config).await.context("migrate failed")?;
+            let report = store::migrations::migrate(&config).await.context("migrate failed")?;
             for name in &report.applied {
                 println!("applied {name}");
             }

@@ -19,7 +19,7 @@ use crate::error::RelayError;
 use crate::pipeline::{self, Exit, Settings};
 use crate::router::Router;
 use crate::sink::AnySink;
-use crate::state::RelayState;
+use crate::store::state::RelayState;
 use crate::telemetry::{self, Activity, Telemetry};
 
 /// Prefix of the relay's heartbeat messages (never an outbox entry).
@@ -89,7 +89,8 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<Exit, RelayError> {
     telemetry.metrics.set_state(Activity::Starting);
-    let Some((session, lease)) = crate::leader::acquire(config, telemetry, shutdown).await? else {
+    let Some((session, lease)) = crate::store::leader::acquire(config, telemetry, shutdown).await?
+    else {
         return Ok(Exit::Shutdown);
     };
     let source = &config.source;

@@ -69,7 +69,7 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
             ))
         }
     };
-    let mut options = crate::leader::session_options(config);
+    let mut options = crate::store::session_options(config);
     options.application_name.push_str(":replay");
     let session = Session::connect(config.postgres.url.expose(), &options).await?;
     let mut range = RetainedRange { published_only, ..RetainedRange::default() };

@@ -67,7 +67,7 @@ impl AnySink {
 }
 
 impl AnySink {
-    /// A new run starts: replays of earlier runs may follow (see [`crate::state`]); `window`
+    /// A new run starts: replays of earlier runs may follow (see [`crate::store::state`]); `window`
     /// bounds how far back the Kafka sink looks for them. Returns once nothing of an earlier run
     /// can still land behind this run's messages (Kafka: drained, or fenced and aborted).
     #[cfg_attr(not(feature = "kafka"), allow(unused_variables, reason = "only Kafka looks back"))]

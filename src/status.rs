@@ -99,9 +99,7 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<(), RelayError
 
 /// Reads the report from Postgres.
 pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
-    let session =
-        Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
-            .await?;
+    let session = crate::store::connect(config).await?;
     let client = session.client();
     let name = &config.pipeline.name;
     let row = session
@@ -130,7 +128,7 @@ pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
                 &format!(
                     "select l.pid, a.application_name, coalesce(host(a.client_addr), 'local') \
                      from pg_locks l join pg_stat_activity a using (pid) where {}",
-                    crate::leader::LOCK_HELD
+                    crate::store::leader::LOCK_HELD
                 ),
                 &[name],
             ),

@@ -7,7 +7,7 @@ use std::future::Future;
 
 use outbox_relay_core::{ConnectorError, Message, Position};
 
-use crate::state::{DeadLetter, RelayState};
+use crate::store::state::{DeadLetter, RelayState};
 
 /// The run's records. Every write (`&mut self`) is durable when its future resolves; a failure
 /// ends the run (the caller starts again), so nothing is sent or acknowledged on a record that

@@ -28,7 +28,7 @@ use super::poison::{held_reason, verdict, Verdict};
 use super::records::Records;
 use crate::config::SameKeyPolicy;
 use crate::router::{Poisoned, Router};
-use crate::state::DeadLetter;
+use crate::store::state::DeadLetter;
 use crate::telemetry::Activity;
 
 /// Delivers every requested dead letter, in the order they were set aside; returns how many

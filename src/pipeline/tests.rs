@@ -8,7 +8,7 @@ use outbox_relay_core::testing::{row, Answer, MemorySource, RecordingSink, Sourc
 
 use super::*;
 use crate::config::RouteConfig;
-use crate::state::{fields_json, headers_json, payload_kind_name, DeadLetter};
+use crate::store::state::{fields_json, headers_json, payload_kind_name, DeadLetter};
 
 impl Default for Settings {
     fn default() -> Self {

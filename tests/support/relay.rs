@@ -153,9 +153,11 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // A failed test's relay log outlives the test (its directory does not): CI prints only
+        // the tail. `RELAY_KEEP_LOGS=1` keeps every relay's log, for studying a rare failure.
+        let failed = std::thread::panicking();
+        if failed || std::env::var_os("RELAY_KEEP_LOGS").is_some() {
             let log = self.log();
-            // The whole log outlives the test (its directory does not): CI prints only the tail.
             let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-logs");
             let name = format!("{}.log", super::unique("relay"));
             if std::fs::create_dir_all(&kept).is_ok()
@@ -163,6 +165,9 @@ impl Drop for Relay {
             {
                 eprintln!("---- the whole relay log: {} ----", kept.join(&name).display());
             }
+        }
+        if failed {
+            let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
             eprintln!("---- relay log (last {} lines) ----", tail.len());
             for line in tail.iter().rev() {

@@ -21,7 +21,7 @@ use outbox_relay_postgres::{PostgresError, Session};
 
 use crate::config::Config;
 use crate::error::RelayError;
-use crate::leader::Lease;
+use crate::store::leader::Lease;
 
 /// A dead letter as stored, to be rebuilt into its entry by a redrive.
 #[derive(Debug)]
@@ -58,9 +58,7 @@ impl RelayState {
     /// Connects and reads what the previous run left (`leader::acquire` has checked that the
     /// schema is at this relay's version).
     pub(crate) async fn open(config: &Config, lease: Lease) -> Result<Self, RelayError> {
-        let session =
-            Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
-                .await?;
+        let session = crate::store::connect(config).await?;
         let pipeline = config.pipeline.name.clone();
         let row = session
             .timed(
@@ -411,7 +409,7 @@ mod tests {
             "[postgres]\nurl = \"{url}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\n"
         );
         let config = Config::from_sources(&text, [], "test").unwrap();
-        crate::migrate::migrate(&config).await.unwrap();
+        crate::store::migrations::migrate(&config).await.unwrap();
         config
     }
 
@@ -420,7 +418,7 @@ mod tests {
         let config = migrated_config().await;
         let (telemetry, shutdown) = (Telemetry::new(), CancellationToken::new());
         let (lock, lease) =
-            crate::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
+            crate::store::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
         let mut state = RelayState::open(&config, lease).await.unwrap();
         state.note_sending(Position::Poll { seq: 10 }).await.unwrap();
         state.note_state("running", None).await.unwrap();
@@ -428,7 +426,7 @@ mod tests {
         // The lock session ends (a network cut, a restarted pooler); another relay takes over.
         drop(lock);
         let (usurper, _) =
-            crate::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
+            crate::store::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
         let refused = state.note_sending(Position::Poll { seq: 20 }).await.unwrap_err();
         assert!(matches!(refused, PostgresError::LockLost { .. }), "{refused}");
         let refused = state.note_state("halted", Some("late")).await.unwrap_err();

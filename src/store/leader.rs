@@ -3,7 +3,7 @@
 //! deletes only on the session that holds the lock, so a relay whose lock session died can no
 //! longer read or delete rows; a standby takes over as soon as Postgres ends that session.
 
-use outbox_relay_postgres::{Session, SessionOptions};
+use outbox_relay_postgres::Session;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -58,10 +58,10 @@ pub(crate) async fn acquire(
     shutdown: &CancellationToken,
 ) -> Result<Option<(Session, Lease)>, RelayError> {
     let pipeline = &config.pipeline.name;
-    let session = Session::connect(config.postgres.url.expose(), &session_options(config)).await?;
+    let session = super::connect(config).await?;
     // Before anything is written: a database never migrated says so, not "relation does not
     // exist".
-    crate::migrate::require_latest(&session).await?;
+    super::migrations::require_latest(&session).await?;
     let mut waiting_logged = false;
     loop {
         let row = session
@@ -86,14 +86,6 @@ pub(crate) async fn acquire(
             () = shutdown.cancelled() => return Ok(None),
             () = tokio::time::sleep(config.pipeline.standby_retry) => {}
         }
-    }
-}
-
-pub(crate) fn session_options(config: &Config) -> SessionOptions {
-    SessionOptions {
-        connect_timeout: config.postgres.connect_timeout,
-        query_timeout: config.postgres.query_timeout,
-        application_name: format!("outbox-relay:{}", config.pipeline.name),
     }
 }
 

@@ -19,32 +19,37 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "relay_state",
-        sql: include_str!("../migrations/0001_relay_state.sql"),
+        sql: include_str!("../../migrations/0001_relay_state.sql"),
     },
     Migration {
         version: 2,
         name: "consumer_inbox",
-        sql: include_str!("../migrations/0002_consumer_inbox.sql"),
+        sql: include_str!("../../migrations/0002_consumer_inbox.sql"),
     },
     Migration {
         version: 3,
         name: "delivery_state",
-        sql: include_str!("../migrations/0003_delivery_state.sql"),
+        sql: include_str!("../../migrations/0003_delivery_state.sql"),
     },
     Migration {
         version: 4,
         name: "relay_redrive",
-        sql: include_str!("../migrations/0004_relay_redrive.sql"),
+        sql: include_str!("../../migrations/0004_relay_redrive.sql"),
     },
     Migration {
         version: 5,
         name: "dead_letters_by_position",
-        sql: include_str!("../migrations/0005_dead_letters_by_position.sql"),
+        sql: include_str!("../../migrations/0005_dead_letters_by_position.sql"),
     },
     Migration {
         version: 6,
         name: "pipeline_epoch",
-        sql: include_str!("../migrations/0006_pipeline_epoch.sql"),
+        sql: include_str!("../../migrations/0006_pipeline_epoch.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "unused_pipeline_columns",
+        sql: include_str!("../../migrations/0007_unused_pipeline_columns.sql"),
     },
 ];
 
@@ -60,9 +65,7 @@ pub(crate) struct Report {
 /// Applies pending migrations, installs (or upgrades) the configured outbox table, and in WAL
 /// mode creates the publication and the replication slot if they are missing.
 pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
-    let session =
-        Session::connect(config.postgres.url.expose(), &crate::leader::session_options(config))
-            .await?;
+    let session = crate::store::connect(config).await?;
     let client = session.client();
     // Concurrent `migrate` runs queue up here instead of racing.
     session
