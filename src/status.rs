@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::config::{Config, SourceMode};
 use crate::error::RelayError;
+pub(crate) use crate::store::dead_letters::DeadLetters;
+pub(crate) use crate::store::state::Recorded;
 
 /// Everything `status` reports.
 #[derive(Debug, Serialize)]
@@ -33,23 +35,6 @@ pub(crate) struct Leader {
     pub(crate) application_name: String,
     /// The client's address, or "local" (Unix socket).
     pub(crate) client_addr: String,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct Recorded {
-    /// `host:pid` of the last relay that led.
-    pub(crate) leader: Option<String>,
-    pub(crate) leader_since: Option<String>,
-    /// starting, running, retrying, halted, standby or stopping: the current state when a
-    /// relay holds the lock, else the state it was in when it last ran.
-    pub(crate) state: Option<String>,
-    pub(crate) state_since: Option<String>,
-    /// The last error (retrying, halted).
-    pub(crate) state_detail: Option<String>,
-    /// The acknowledged position.
-    pub(crate) checkpoint: Option<String>,
-    /// The position written before sending a batch.
-    pub(crate) max_sent: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -78,15 +63,6 @@ pub(crate) struct Outbox {
     pub(crate) error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct DeadLetters {
-    /// Not redriven yet.
-    pub(crate) live: i64,
-    /// Shard keys with a live dead letter.
-    pub(crate) keys: i64,
-    pub(crate) awaiting_redrive: i64,
-}
-
 pub(crate) async fn status(config: &Config, json: bool) -> Result<(), RelayError> {
     let report = read(config).await?;
     if json {
@@ -102,25 +78,7 @@ pub(crate) async fn read(config: &Config) -> Result<Report, RelayError> {
     let session = crate::store::connect(config).await?;
     let client = session.client();
     let name = &config.pipeline.name;
-    let row = session
-        .timed(
-            "reading the pipeline (is `outbox-relay migrate` applied?)",
-            client.query_opt(
-                "select leader, leader_since::text, state, state_since::text, state_detail, acked, max_sent \
-                 from outbox_relay.pipelines where name = $1",
-                &[name],
-            ),
-        )
-        .await?;
-    let recorded = row.map(|row| Recorded {
-        leader: row.get(0),
-        leader_since: row.get(1),
-        state: row.get(2),
-        state_since: row.get(3),
-        state_detail: row.get(4),
-        checkpoint: row.get(5),
-        max_sent: row.get(6),
-    });
+    let recorded = crate::store::state::recorded(&session, name).await?;
     let lock = session
         .timed(
             "reading the pipeline lock",
@@ -207,24 +165,6 @@ impl Slot {
             },
             None => Slot { name, ..Slot::default() },
         })
-    }
-}
-
-impl DeadLetters {
-    /// The live dead letters of `pipeline`.
-    pub(crate) async fn read(session: &Session, pipeline: &str) -> Result<Self, PostgresError> {
-        let row = session
-            .timed(
-                "counting dead letters",
-                session.client().query_one(
-                    "select count(*), count(distinct shard_key), \
-                            count(*) filter (where redrive_requested_at is not null) \
-                     from outbox_relay.dead_letters where pipeline = $1 and redriven_at is null",
-                    &[&pipeline],
-                ),
-            )
-            .await?;
-        Ok(DeadLetters { live: row.get(0), keys: row.get(1), awaiting_redrive: row.get(2) })
     }
 }
 

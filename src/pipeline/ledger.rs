@@ -7,7 +7,8 @@ use std::future::Future;
 
 use outbox_relay_core::{ConnectorError, Message, Position};
 
-use crate::store::state::{DeadLetter, RelayState};
+use crate::store::dead_letters::DeadLetter;
+use crate::store::state::RelayState;
 
 /// The run's records. Every write (`&mut self`) is durable when its future resolves; a failure
 /// ends the run (the caller starts again), so nothing is sent or acknowledged on a record that

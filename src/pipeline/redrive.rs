@@ -13,13 +13,9 @@
 //!   for by id and RabbitMQ marks.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use outbox_relay_core::{
-    Confirm, ConnectorError, Entry, Fields, Header, PayloadKind, Position, Retry, Sink,
-};
+use outbox_relay_core::{Confirm, ConnectorError, Retry, Sink};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
@@ -28,7 +24,7 @@ use super::poison::{held_reason, verdict, Verdict};
 use super::records::Records;
 use crate::config::SameKeyPolicy;
 use crate::router::{Poisoned, Router};
-use crate::store::state::DeadLetter;
+use crate::store::dead_letters::DeadLetter;
 use crate::telemetry::Activity;
 
 /// Delivers every requested dead letter, in the order they were set aside; returns how many
@@ -86,7 +82,7 @@ async fn deliver<K: Sink, L: Ledger>(
     letter: &DeadLetter,
     shutdown: &CancellationToken,
 ) -> Result<Option<String>, Ending> {
-    let entry = match rebuild(letter) {
+    let entry = match letter.entry() {
         Ok(entry) => entry,
         Err(reason) => return Ok(Some(reason)),
     };
@@ -154,122 +150,5 @@ async fn confirmed(
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         } => None,
-    }
-}
-
-/// The entry a dead letter was made of, from what is stored (perhaps corrected by an operator).
-/// A logical message that could not be decoded is decoded again from its payload; an outbox row
-/// that could not be decoded keeps its defect until an operator clears it.
-fn rebuild(letter: &DeadLetter) -> Result<Entry, String> {
-    let position: Position = letter.position.parse().map_err(|error| {
-        format!("the stored position {:?} is invalid: {error}", letter.position)
-    })?;
-    let fields: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&letter.fields)
-            .map_err(|error| format!("the stored fields are not a JSON object: {error}"))?;
-    let payload = letter.payload.clone().map(Bytes::from);
-    if let (Some(_), Some(serde_json::Value::String(prefix))) =
-        (&letter.defect, fields.get("prefix"))
-    {
-        let content = payload.unwrap_or_default();
-        let mut entry =
-            outbox_relay_postgres::wal::envelope_entry(letter.entry_id.clone(), prefix, content);
-        entry.position = position;
-        return Ok(entry);
-    }
-    let (names, values): (Vec<Arc<str>>, Vec<Option<String>>) = fields
-        .into_iter()
-        .map(|(name, value)| {
-            let value = match value {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(text) => Some(text),
-                other => Some(other.to_string()),
-            };
-            (Arc::from(name.as_str()), value)
-        })
-        .unzip();
-    let headers: Vec<(String, String)> = match &letter.own_headers {
-        Some(json) => serde_json::from_str(json)
-            .map_err(|error| format!("the stored headers are not [name, value] pairs: {error}"))?,
-        None => Vec::new(),
-    };
-    Ok(Entry {
-        position,
-        id: letter.entry_id.clone(),
-        fields: Fields::new(names.into(), values),
-        payload,
-        payload_kind: match letter.payload_kind.as_deref() {
-            Some("json") => PayloadKind::Json,
-            Some("text") => PayloadKind::Text,
-            _ => PayloadKind::Binary,
-        },
-        headers: headers
-            .into_iter()
-            .map(|(name, value)| Header { name: Arc::from(name.as_str()), value })
-            .collect(),
-        defect: letter.defect.clone(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn letter(fields: &str, payload: &[u8], defect: Option<&str>) -> DeadLetter {
-        DeadLetter {
-            seq: 1,
-            entry_id: "e-1".into(),
-            position: "poll:7".into(),
-            held_behind: None,
-            shard_key: Some("k".into()),
-            fields: fields.into(),
-            payload: Some(payload.to_vec()),
-            payload_kind: Some("json".into()),
-            own_headers: Some(r#"[["tenant", "acme"]]"#.into()),
-            defect: defect.map(str::to_owned),
-            sent_before: false,
-        }
-    }
-
-    #[test]
-    fn a_row_is_rebuilt_as_it_was_stored() {
-        let entry = rebuild(&letter(
-            r#"{"id": "e-1", "aggregateid": "k", "n": 3, "gone": null}"#,
-            b"{}",
-            None,
-        ))
-        .unwrap();
-        assert_eq!(entry.position, Position::Poll { seq: 7 });
-        assert_eq!(entry.fields.get("aggregateid"), Some(Some("k")));
-        assert_eq!(entry.fields.get("n"), Some(Some("3")));
-        assert_eq!(entry.fields.get("gone"), Some(None));
-        assert_eq!(entry.payload.as_deref(), Some(&b"{}"[..]));
-        assert_eq!(entry.payload_kind, PayloadKind::Json);
-        assert_eq!(entry.headers, vec![Header { name: Arc::from("tenant"), value: "acme".into() }]);
-        assert!(entry.defect.is_none());
-    }
-
-    #[test]
-    fn a_row_defect_stays_until_cleared_and_a_logical_message_is_decoded_again() {
-        let row = rebuild(&letter(r#"{"id": "e-1"}"#, b"x", Some("bad bytea"))).unwrap();
-        assert_eq!(row.defect.as_deref(), Some("bad bytea"));
-
-        let fields = r#"{"id": "lsn:0/1", "prefix": "outbox"}"#;
-        let fixed = br#"{"aggregatetype": "order", "aggregateid": "k", "payload": {"a": 1}}"#;
-        let message = rebuild(&letter(fields, fixed, Some("not a JSON envelope"))).unwrap();
-        assert!(message.defect.is_none(), "{:?}", message.defect);
-        assert_eq!(message.id, "e-1");
-        assert_eq!(message.fields.get("aggregatetype"), Some(Some("order")));
-        assert_eq!(message.position, Position::Poll { seq: 7 });
-        let still_bad = rebuild(&letter(fields, b"not json", Some("not a JSON envelope"))).unwrap();
-        assert!(still_bad.defect.unwrap().contains("not a JSON envelope"));
-    }
-
-    #[test]
-    fn unreadable_stored_data_is_a_reason_not_a_panic() {
-        assert!(rebuild(&letter("[1]", b"", None)).unwrap_err().contains("JSON object"));
-        let mut bad = letter("{}", b"", None);
-        bad.position = "nowhere".into();
-        assert!(rebuild(&bad).unwrap_err().contains("position"));
     }
 }

@@ -8,7 +8,7 @@ use outbox_relay_core::testing::{row, Answer, MemorySource, RecordingSink, Sourc
 
 use super::*;
 use crate::config::RouteConfig;
-use crate::store::state::{fields_json, headers_json, payload_kind_name, DeadLetter};
+use crate::store::dead_letters::{DeadLetter, Stored};
 
 impl Default for Settings {
     fn default() -> Self {
@@ -108,6 +108,7 @@ impl Ledger for MemoryLedger {
         }
         let requested =
             held_behind.is_some() && self.live().any(|l| l.key == message.key && l.requested);
+        let stored = Stored::of(message);
         let letter = Letter {
             seq: self.letters.len() as i64 + 1,
             entry_id: message.id.clone(),
@@ -115,10 +116,10 @@ impl Ledger for MemoryLedger {
             key: message.key.clone(),
             reason: reason.to_owned(),
             held_behind: held_behind.map(str::to_owned),
-            fields: fields_json(message),
+            fields: stored.fields,
             payload: message.payload.as_ref().map(|p| p.to_vec()),
-            payload_kind: payload_kind_name(message.payload_kind),
-            own_headers: headers_json(message),
+            payload_kind: stored.payload_kind,
+            own_headers: stored.own_headers,
             defect: defect.map(str::to_owned),
             sent_before: message.possible_replay,
             requested,

@@ -6,11 +6,13 @@
 //! | `migrations.rs` | the schema's versions (`migrations/*.sql`), applying them, checks |
 //! | `leader.rs`     | the pipeline lock, the leader's epoch and the fence of its writes |
 //! | `state.rs`      | a run's records: write-ahead `max_sent`, checkpoint, state, dead letters |
+//! | `dead_letters.rs` | how a dead letter stores its entry (and rebuilds it); `dlq`'s statements |
 
 use outbox_relay_postgres::{PostgresError, Session, SessionOptions};
 
 use crate::config::Config;
 
+pub(crate) mod dead_letters;
 pub(crate) mod leader;
 pub(crate) mod migrations;
 pub(crate) mod state;

@@ -16,31 +16,15 @@
 
 use std::collections::HashMap;
 
-use outbox_relay_core::{Message, PayloadKind, Position};
+use outbox_relay_core::{Message, Position};
 use outbox_relay_postgres::{PostgresError, Session};
 
+use serde::Serialize;
+
+use super::dead_letters::{DeadLetter, Stored};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::store::leader::Lease;
-
-/// A dead letter as stored, to be rebuilt into its entry by a redrive.
-#[derive(Debug)]
-pub(crate) struct DeadLetter {
-    pub(crate) seq: i64,
-    pub(crate) entry_id: String,
-    pub(crate) position: String,
-    pub(crate) held_behind: Option<String>,
-    pub(crate) shard_key: Option<String>,
-    /// JSON object: column → text value or null.
-    pub(crate) fields: String,
-    pub(crate) payload: Option<Vec<u8>>,
-    pub(crate) payload_kind: Option<String>,
-    /// JSON array of `[name, value]` pairs.
-    pub(crate) own_headers: Option<String>,
-    pub(crate) defect: Option<String>,
-    /// A run (cut short) may already have sent it.
-    pub(crate) sent_before: bool,
-}
 
 #[derive(Debug)]
 pub(crate) struct RelayState {
@@ -157,10 +141,10 @@ impl RelayState {
         held_behind: Option<&str>,
         defect: Option<&str>,
     ) -> Result<(), PostgresError> {
-        let fields = fields_json(message);
-        let own_headers = headers_json(message);
+        let stored = Stored::of(message);
+        let (fields, own_headers, kind) =
+            (&stored.fields, &stored.own_headers, stored.payload_kind);
         let payload: Option<&[u8]> = message.payload.as_deref();
-        let kind = payload_kind_name(message.payload_kind);
         // `for share` waits for a `dlq redrive` marking the first entry, so a request is never
         // missed by an entry set aside while it is being made.
         let what = "writing a dead letter";
@@ -352,6 +336,51 @@ impl RelayState {
     }
 }
 
+#[derive(Debug, Serialize)]
+/// What the pipeline's row says, for `outbox-relay status` and `doctor`.
+pub(crate) struct Recorded {
+    /// `host:pid` of the last relay that led.
+    pub(crate) leader: Option<String>,
+    pub(crate) leader_since: Option<String>,
+    /// starting, running, retrying, halted, standby or stopping: the current state when a
+    /// relay holds the lock, else the state it was in when it last ran.
+    pub(crate) state: Option<String>,
+    pub(crate) state_since: Option<String>,
+    /// The last error (retrying, halted).
+    pub(crate) state_detail: Option<String>,
+    /// The acknowledged position.
+    pub(crate) checkpoint: Option<String>,
+    /// The position written before sending a batch.
+    pub(crate) max_sent: Option<String>,
+}
+
+/// The row of the pipeline named `pipeline`, if a relay ever led it.
+pub(crate) async fn recorded(
+    session: &Session,
+    pipeline: &str,
+) -> Result<Option<Recorded>, PostgresError> {
+    let row = session
+        .timed(
+            "reading the pipeline (is `outbox-relay migrate` applied?)",
+            session.client().query_opt(
+                "select leader, leader_since::text, state, state_since::text, state_detail, acked, \
+                        max_sent \
+                 from outbox_relay.pipelines where name = $1",
+                &[&pipeline],
+            ),
+        )
+        .await?;
+    Ok(row.map(|row| Recorded {
+        leader: row.get(0),
+        leader_since: row.get(1),
+        state: row.get(2),
+        state_since: row.get(3),
+        state_detail: row.get(4),
+        checkpoint: row.get(5),
+        max_sent: row.get(6),
+    }))
+}
+
 /// A fenced write that changed nothing was refused: a newer leader took over (the rows it
 /// writes exist while the relay runs: its pipeline row, a dead letter it read).
 fn fenced(what: &'static str, written: u64) -> Result<(), PostgresError> {
@@ -359,33 +388,6 @@ fn fenced(what: &'static str, written: u64) -> Result<(), PostgresError> {
         return Err(PostgresError::LockLost { what });
     }
     Ok(())
-}
-
-/// The entry's own headers as a JSON array of `[name, value]` pairs.
-pub(crate) fn headers_json(message: &Message) -> String {
-    let pairs: Vec<[&str; 2]> =
-        message.own_headers().iter().map(|h| [&*h.name, h.value.as_str()]).collect();
-    serde_json::to_string(&pairs).expect("strings serialize")
-}
-
-pub(crate) fn payload_kind_name(kind: PayloadKind) -> &'static str {
-    match kind {
-        PayloadKind::Json => "json",
-        PayloadKind::Text => "text",
-        PayloadKind::Binary => "binary",
-    }
-}
-
-/// The entry's columns as a JSON object (text values), for redriving it into the outbox table.
-pub(crate) fn fields_json(message: &Message) -> String {
-    let mut object = serde_json::Map::new();
-    for (name, value) in message.fields.names().iter().zip(message.fields.values()) {
-        let value = value
-            .as_ref()
-            .map_or(serde_json::Value::Null, |v| serde_json::Value::String(v.clone()));
-        object.insert(name.to_string(), value);
-    }
-    serde_json::Value::Object(object).to_string()
 }
 
 #[cfg(test)]
