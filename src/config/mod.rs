@@ -13,6 +13,16 @@ use serde::Deserialize;
 
 use crate::error::RelayError;
 
+mod route;
+mod secret;
+mod sink;
+mod source;
+
+pub(crate) use route::{CloudEventsConfig, CloudEventsMode, RouteConfig};
+pub(crate) use secret::Secret;
+pub(crate) use sink::*;
+pub(crate) use source::{AfterPublishConfig, MessageFormatConfig, SourceConfig, SourceMode};
+
 /// Prefix of environment overrides; `__` separates path segments.
 pub(crate) const ENV_PREFIX: &str = "OUTBOX_RELAY__";
 
@@ -147,327 +157,6 @@ pub(crate) struct PostgresConfig {
     pub(crate) query_timeout: Duration,
 }
 
-/// `[source]`: where entries come from.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct SourceConfig {
-    /// "wal": tail the WAL through a logical replication slot (needs wal_level = logical);
-    /// "poll": read the outbox table.
-    pub(crate) mode: SourceMode,
-    /// Outbox table, `schema.table`.
-    pub(crate) table: String,
-    /// Column holding the entry id (Kafka header `id`, AMQP `message_id`, the dedup key).
-    pub(crate) id_column: String,
-    /// Column holding the payload (jsonb, json, text or bytea).
-    pub(crate) payload_column: String,
-    /// Most rows per read.
-    pub(crate) batch_size: usize,
-    /// Fallback wake-up when no NOTIFY arrives; also how soon a late commit is re-checked.
-    #[serde(with = "humantime_serde")]
-    pub(crate) poll_interval: Duration,
-    /// LISTEN channel the outbox trigger notifies; "" polls on the interval only.
-    pub(crate) notify_channel: String,
-    /// "delete" the row once confirmed; "mark" it (`published_at`, poll only); "keep" it (WAL
-    /// only: the app deletes it, e.g. in the same transaction). Marked and kept rows can be
-    /// published again with `outbox-relay replay`.
-    pub(crate) after_publish: AfterPublishConfig,
-    /// With "mark": delete rows published longer ago than this.
-    #[serde(with = "humantime_serde")]
-    pub(crate) retention: Duration,
-    /// WAL: the logical replication slot (`migrate` creates it; `run` never does).
-    pub(crate) slot: String,
-    /// WAL: the publication (`migrate` creates it for the outbox table, inserts only).
-    pub(crate) publication: String,
-    /// WAL: `pg_logical_emit_message(true, <prefix>, ...)` calls with this prefix are outbox
-    /// entries too; "" ignores logical messages.
-    pub(crate) message_prefix: String,
-    /// WAL: "envelope" (a JSON object with aggregatetype, aggregateid, type, payload, headers)
-    /// or "raw" (the content is the payload; routing from config only).
-    pub(crate) message_format: MessageFormatConfig,
-    /// WAL: emit a tiny heartbeat message this often, so the slot moves on while the outbox is
-    /// idle and other databases write WAL; "0s" turns it off.
-    #[serde(with = "humantime_serde")]
-    pub(crate) heartbeat_interval: Duration,
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        Self {
-            mode: SourceMode::Poll,
-            table: "public.outbox".into(),
-            id_column: "id".into(),
-            payload_column: "payload".into(),
-            batch_size: 1_000,
-            poll_interval: Duration::from_millis(500),
-            notify_channel: "outbox_relay".into(),
-            after_publish: AfterPublishConfig::Delete,
-            retention: Duration::from_secs(7 * 24 * 3600),
-            slot: "outbox_relay".into(),
-            publication: "outbox_relay".into(),
-            message_prefix: "outbox".into(),
-            message_format: MessageFormatConfig::Envelope,
-            heartbeat_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum SourceMode {
-    Poll,
-    Wal,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum AfterPublishConfig {
-    Delete,
-    Mark,
-    Keep,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum MessageFormatConfig {
-    Envelope,
-    Raw,
-}
-
-/// `[sink]`: where messages go; `kind` picks the broker.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub(crate) enum SinkConfig {
-    Kafka(KafkaConfig),
-    Rabbitmq(RabbitConfig),
-}
-
-#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct KafkaConfig {
-    /// `bootstrap.servers`, e.g. "broker1:9092,broker2:9092".
-    pub(crate) brokers: String,
-    /// Largest message (payload + key + headers) in bytes; larger ones are poison.
-    #[serde(default = "defaults::kafka_max_message_bytes")]
-    pub(crate) max_message_bytes: usize,
-    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
-    pub(crate) metadata_timeout: Duration,
-    /// "idempotent" (default): idempotent producer; after a crash a possible replay is sent
-    /// again unless its own record (id and position) is in its partition. Works on any
-    /// Kafka-protocol broker. "transactional": batches are Kafka transactions under a stable
-    /// `transactional_id`; a new relay fences the old one; consumers with
-    /// isolation.level=read_committed see each entry once.
-    #[serde(default)]
-    pub(crate) delivery: KafkaDelivery,
-    /// transactional: the `transactional.id`; default "outbox-relay.<pipeline.name>". Keep it
-    /// stable: a new producer fences only older ones with the same id.
-    #[serde(default)]
-    pub(crate) transactional_id: Option<String>,
-    /// transactional: commit a transaction once it is this old...
-    #[serde(default = "defaults::transaction_interval", with = "humantime_serde")]
-    pub(crate) transaction_interval: Duration,
-    /// transactional: ...or holds this many messages.
-    #[serde(default = "defaults::transaction_max_messages")]
-    pub(crate) transaction_max_messages: usize,
-    /// Any librdkafka producer property, passed through (security.protocol, sasl.*,
-    /// compression.type, linger.ms, transaction.timeout.ms, ...). Properties the guarantees rest
-    /// on are fixed, under their aliases too.
-    #[serde(default)]
-    pub(crate) properties: BTreeMap<String, toml::Value>,
-}
-
-/// `sink.delivery` for Kafka.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KafkaDelivery {
-    #[default]
-    Idempotent,
-    Transactional,
-}
-
-impl KafkaConfig {
-    /// The passthrough properties as librdkafka takes them (text values).
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code, reason = "librdkafka takes them"))]
-    pub(crate) fn property_texts(&self) -> BTreeMap<String, String> {
-        self.properties.iter().map(|(k, v)| (k.clone(), property_text(v))).collect()
-    }
-}
-
-impl fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let properties: BTreeMap<&str, String> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let sensitive = ["password", "secret", "key"].iter().any(|s| k.contains(s));
-                (k.as_str(), if sensitive { "<redacted>".into() } else { v.to_string() })
-            })
-            .collect();
-        f.debug_struct("KafkaConfig")
-            .field("brokers", &self.brokers)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("delivery", &self.delivery)
-            .field("properties", &properties)
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RabbitConfig {
-    /// "amqp://user:password@host:5672/vhost" (percent-encode "/" in the vhost as %2f).
-    pub(crate) url: Secret,
-    /// Channels publishing in parallel; a shard key always uses the same one.
-    #[serde(default = "defaults::lanes")]
-    pub(crate) lanes: usize,
-    /// Largest message in bytes; keep at or below the broker's `max_message_size`.
-    #[serde(default = "defaults::rabbit_max_message_bytes")]
-    pub(crate) max_message_bytes: usize,
-    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
-    pub(crate) connect_timeout: Duration,
-    /// With an `amqps://` URL: a PEM file of CA certificates the broker's certificate must
-    /// chain to (besides the Mozilla roots).
-    #[serde(default)]
-    pub(crate) tls_ca_file: Option<PathBuf>,
-    /// With an `amqps://` URL: a client certificate (PEM) and its PKCS#8 key (PEM), together.
-    #[serde(default)]
-    pub(crate) tls_cert_file: Option<PathBuf>,
-    #[serde(default)]
-    pub(crate) tls_key_file: Option<PathBuf>,
-    /// Exchanges to declare on connect.
-    #[serde(default)]
-    pub(crate) exchanges: Vec<ExchangeConfig>,
-    /// Queues to declare on connect.
-    #[serde(default)]
-    pub(crate) queues: Vec<QueueConfig>,
-    /// Bindings to declare on connect.
-    #[serde(default)]
-    pub(crate) bindings: Vec<BindingConfig>,
-}
-
-#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ExchangeConfig {
-    pub(crate) name: String,
-    /// "direct", "topic", "fanout", "headers" or a plugin type ("x-consistent-hash").
-    pub(crate) kind: String,
-    #[serde(default = "defaults::yes")]
-    pub(crate) durable: bool,
-    #[serde(default)]
-    pub(crate) arguments: BTreeMap<String, toml::Value>,
-}
-
-#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct QueueConfig {
-    pub(crate) name: String,
-    #[serde(default = "defaults::yes")]
-    pub(crate) durable: bool,
-    /// e.g. { "x-queue-type" = "quorum" }.
-    #[serde(default)]
-    pub(crate) arguments: BTreeMap<String, toml::Value>,
-}
-
-#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BindingConfig {
-    pub(crate) queue: String,
-    pub(crate) exchange: String,
-    /// Binding key; for an x-consistent-hash exchange, the queue's weight ("1").
-    #[serde(default)]
-    pub(crate) routing_key: String,
-}
-
-/// `[route]`: how an entry becomes a message. Templates substitute `${column}`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RouteConfig {
-    /// Kafka topic / RabbitMQ exchange.
-    pub(crate) topic: String,
-    /// Shard key: Kafka record key / AMQP routing key. "" sends keyless messages.
-    pub(crate) key: String,
-    /// Headers besides `id` and `outbox-position` (always sent). Replaces the default
-    /// `{ type = "${type}" }` when given.
-    pub(crate) headers: BTreeMap<String, String>,
-    /// Reply channel of a command (request/asynchronous reply), e.g. "${reply_to}": Kafka
-    /// header `reply-to`, AMQP property `reply_to`. "" (default) sends none; a NULL column
-    /// sends none for that entry (an event among commands).
-    pub(crate) reply_to: String,
-    /// Correlation id of a command or reply, e.g. "${correlation_id}": Kafka header
-    /// `correlation-id`, AMQP property `correlation_id`. "" and NULL as for `reply_to`.
-    pub(crate) correlation_id: String,
-    /// W3C trace context of the transaction that wrote the entry, e.g. "${traceparent}": sent
-    /// as header `traceparent` (Kafka and AMQP). "" and NULL as for `reply_to`; a value that is
-    /// not a valid traceparent is not sent (W3C: a malformed one must not be propagated).
-    pub(crate) traceparent: String,
-    /// W3C `tracestate` to go with it, e.g. "${tracestate}"; sent only beside a traceparent.
-    pub(crate) tracestate: String,
-    /// `[route.cloudevents]`: send each message as a CloudEvent.
-    pub(crate) cloudevents: CloudEventsConfig,
-}
-
-/// `[route.cloudevents]`: CloudEvents 1.0 attributes from the entry. `id` is the entry id and
-/// `datacontenttype` follows the payload column's type.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct CloudEventsConfig {
-    /// "off" (default), "binary" (attributes as `ce_*` Kafka headers / `cloudEvents:*` AMQP
-    /// headers, payload unchanged) or "structured" (one `application/cloudevents+json` event
-    /// with the payload as `data`).
-    pub(crate) mode: CloudEventsMode,
-    /// The `source` attribute (required unless off), e.g. "/orders-service" or
-    /// "urn:orders:${aggregatetype}".
-    pub(crate) source: String,
-    /// The `type` attribute.
-    #[serde(rename = "type")]
-    pub(crate) kind: String,
-    /// The `subject` attribute; "" or a NULL column sends none.
-    pub(crate) subject: String,
-    /// The `time` attribute from a `timestamptz` column (or RFC 3339 text), e.g.
-    /// "${created_at}"; "" or NULL sends none. Any other value makes the entry poison.
-    pub(crate) time: String,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum CloudEventsMode {
-    #[default]
-    Off,
-    Binary,
-    Structured,
-}
-
-impl Default for CloudEventsConfig {
-    fn default() -> Self {
-        Self {
-            mode: CloudEventsMode::Off,
-            source: String::new(),
-            kind: "${type}".into(),
-            subject: "${aggregateid}".into(),
-            time: String::new(),
-        }
-    }
-}
-
-impl Default for RouteConfig {
-    fn default() -> Self {
-        Self {
-            topic: "outbox.event.${aggregatetype}".into(),
-            key: "${aggregateid}".into(),
-            headers: BTreeMap::from([("type".into(), "${type}".into())]),
-            reply_to: String::new(),
-            correlation_id: String::new(),
-            traceparent: String::new(),
-            tracestate: String::new(),
-            cloudevents: CloudEventsConfig::default(),
-        }
-    }
-}
-
 /// `[telemetry]`: logs, metrics and health.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -505,48 +194,31 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// A string that never appears in `Debug` output or logs.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-mod defaults {
+pub(super) mod defaults {
     use std::time::Duration;
 
-    pub(super) fn connect_timeout() -> Duration {
+    pub(crate) fn connect_timeout() -> Duration {
         Duration::from_secs(10)
     }
-    pub(super) fn query_timeout() -> Duration {
+    pub(crate) fn query_timeout() -> Duration {
         Duration::from_secs(30)
     }
-    pub(super) fn kafka_max_message_bytes() -> usize {
+    pub(crate) fn kafka_max_message_bytes() -> usize {
         1_000_000
     }
-    pub(super) fn transaction_interval() -> Duration {
+    pub(crate) fn transaction_interval() -> Duration {
         Duration::from_millis(100)
     }
-    pub(super) fn transaction_max_messages() -> usize {
+    pub(crate) fn transaction_max_messages() -> usize {
         10_000
     }
-    pub(super) fn rabbit_max_message_bytes() -> usize {
+    pub(crate) fn rabbit_max_message_bytes() -> usize {
         128 << 20
     }
-    pub(super) fn lanes() -> usize {
+    pub(crate) fn lanes() -> usize {
         4
     }
-    pub(super) fn yes() -> bool {
+    pub(crate) fn yes() -> bool {
         true
     }
 }
@@ -658,25 +330,6 @@ impl Config {
         }
         crate::router::Router::new(&self.route, &self.pipeline.name).map_err(|e| e.to_string())?;
         Ok(())
-    }
-}
-
-#[cfg(feature = "kafka")]
-impl From<KafkaDelivery> for outbox_relay_kafka::Delivery {
-    fn from(delivery: KafkaDelivery) -> Self {
-        match delivery {
-            KafkaDelivery::Idempotent => outbox_relay_kafka::Delivery::Idempotent,
-            KafkaDelivery::Transactional => outbox_relay_kafka::Delivery::Transactional,
-        }
-    }
-}
-
-/// A librdkafka property value as text (`true`, `5`, `lz4`).
-#[cfg_attr(not(feature = "kafka"), allow(dead_code, reason = "librdkafka takes them"))]
-pub(crate) fn property_text(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 
