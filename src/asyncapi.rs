@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{AsyncApiMessage, CloudEventsMode, Config, SinkConfig};
 use crate::error::RelayError;
+use crate::router::Template;
 
 /// What `--observe` found in the database.
 #[derive(Debug, Default)]
@@ -37,9 +38,9 @@ pub(crate) async fn asyncapi(
 }
 
 /// The column a `${column}` template consists of, if it is nothing else.
-fn single_column(template: &str) -> Option<&str> {
-    let name = template.strip_prefix("${")?.strip_suffix('}')?;
-    name.chars().all(|c| c.is_alphanumeric() || c == '_').then_some(name)
+fn single_column(template: &str) -> Option<String> {
+    let template = Template::parse("route", template).ok()?;
+    template.single_column().map(str::to_owned)
 }
 
 async fn observed(config: &Config) -> Result<Observed, RelayError> {
@@ -85,25 +86,12 @@ fn id_of(name: &str) -> String {
     }
 }
 
-/// `${column}` placeholders as AsyncAPI `{column}` parameters.
+/// `${column}` placeholders as AsyncAPI `{column}` parameters (the config was validated, so
+/// the template parses).
 fn address(template: &str) -> (String, Vec<String>) {
-    let mut out = String::new();
-    let mut parameters = Vec::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find('}') else { break };
-        let name = &rest[start + 2..start + end];
-        out.push('{');
-        out.push_str(name);
-        out.push('}');
-        if !parameters.iter().any(|p| p == name) {
-            parameters.push(name.to_string());
-        }
-        rest = &rest[start + end + 1..];
-    }
-    out.push_str(rest);
-    (out, parameters)
+    Template::parse("route.topic", template)
+        .map(|t| t.parameterised())
+        .unwrap_or_else(|_| (template.to_owned(), Vec::new()))
 }
 
 fn string(description: &str) -> Value {
@@ -382,7 +370,7 @@ fn message(
 fn cloudevent_attributes(config: &Config, kind: Option<&str>) -> Vec<(&'static str, Value, bool)> {
     let ce = &config.route.cloudevents;
     let mut kind_schema = string(&format!("route.cloudevents.type = {:?}", ce.kind));
-    if let (Some(kind), Some("type")) = (kind, single_column(&ce.kind)) {
+    if let (Some(kind), Some("type")) = (kind, single_column(&ce.kind).as_deref()) {
         kind_schema["const"] = kind.into();
     }
     let mut attributes = vec![
@@ -422,7 +410,7 @@ mod tests {
             )
         );
         assert_eq!(address("plain"), ("plain".into(), vec![]));
-        assert_eq!(single_column("${type}"), Some("type"));
+        assert_eq!(single_column("${type}").as_deref(), Some("type"));
         assert_eq!(single_column("x${type}"), None);
         assert_eq!(id_of("order.created/v1 é"), "order.created_v1__");
     }

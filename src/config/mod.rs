@@ -4,8 +4,6 @@
 //!
 //! The doc comment on each field is the reference; `config/*.toml` repeats it as comments.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -457,9 +455,9 @@ mod tests {
     #[test]
     fn the_shipped_examples_load() {
         for (name, text) in [
-            ("poll-kafka.toml", include_str!("../config/poll-kafka.toml")),
-            ("poll-rabbitmq.toml", include_str!("../config/poll-rabbitmq.toml")),
-            ("wal-kafka.toml", include_str!("../config/wal-kafka.toml")),
+            ("poll-kafka.toml", include_str!("../../config/poll-kafka.toml")),
+            ("poll-rabbitmq.toml", include_str!("../../config/poll-rabbitmq.toml")),
+            ("wal-kafka.toml", include_str!("../../config/wal-kafka.toml")),
         ] {
             if let Err(error) = Config::from_sources(text, Vec::new(), name) {
                 panic!("config/{name}: {error}");

@@ -20,4 +20,3 @@ impl fmt::Debug for Secret {
         f.write_str("<redacted>")
     }
 }
-

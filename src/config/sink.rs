@@ -178,4 +178,3 @@ pub(crate) fn property_text(value: &toml::Value) -> String {
         other => other.to_string(),
     }
 }
-

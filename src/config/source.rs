@@ -89,4 +89,3 @@ pub(crate) enum MessageFormatConfig {
     Envelope,
     Raw,
 }
-
