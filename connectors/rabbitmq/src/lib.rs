@@ -10,6 +10,7 @@
 //!   engine re-sends them in order on a fresh connection, marked as possible redeliveries.
 
 mod error;
+mod properties;
 mod sink;
 mod topology;
 

@@ -1,5 +1,7 @@
 //! Entries made from rows and from logical messages.
 
+use outbox_relay_core::Header;
+
 use super::*;
 use crate::wal::pgoutput::tests::insert_message;
 
