@@ -120,7 +120,9 @@ impl KafkaSink {
                     self.transactions = Some(transactions.renewed(producer.clone()));
                     self.producer = producer;
                 }
-                self.transactions.as_ref().expect("transactional").begin_run().await?;
+                let transactions = self.transactions.as_ref().expect("transactional");
+                transactions.forget_absent();
+                transactions.begin_run().await?;
             }
             None => {
                 let mut logged = false;

@@ -194,6 +194,12 @@ impl Transactions {
         self.absent.take(id, position)
     }
 
+    /// A new run: what this process knew absent is looked up again (its source re-reads every
+    /// unacknowledged entry as a possible replay; the lookup comes after the run's fencing).
+    pub(crate) fn forget_absent(&self) {
+        self.absent.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// A message known to be absent was not handed to the producer after all.
     pub(crate) fn still_absent(&self, id: &str, position: Position) {
         self.absent.insert(id, position);
