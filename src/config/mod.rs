@@ -11,12 +11,11 @@ use serde::Deserialize;
 
 use crate::error::RelayError;
 
-mod route;
 mod secret;
 mod sink;
 mod source;
 
-pub(crate) use route::{CloudEventsConfig, CloudEventsMode, RouteConfig};
+pub(crate) use crate::router::{CloudEventsMode, RouteConfig};
 pub(crate) use secret::Secret;
 pub(crate) use sink::*;
 pub(crate) use source::{AfterPublishConfig, MessageFormatConfig, SourceConfig, SourceMode};

@@ -4,8 +4,8 @@
 use outbox_relay_core::cloudevents::{self, CloudEvent};
 use outbox_relay_core::{Entry, PayloadKind};
 
+use super::config::{CloudEventsConfig, CloudEventsMode};
 use super::template::Template;
-use crate::config::{CloudEventsConfig, CloudEventsMode};
 use crate::error::RelayError;
 
 /// Header name prefixes CloudEvents bindings use (Kafka, AMQP): taken by the relay when

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use outbox_relay_core::{Entry, Header, Message};
 
-use crate::config::RouteConfig;
 use crate::error::RelayError;
 
+mod config;
 mod events;
 mod template;
+
+pub(crate) use config::{CloudEventsMode, RouteConfig};
 
 use events::{cloudevents_name, CloudEventsTemplates};
 pub(crate) use template::Template;
@@ -279,9 +281,9 @@ fn into_message(
 mod tests {
     use outbox_relay_core::{Fields, PayloadKind, Position};
 
+    use super::config::CloudEventsConfig;
     use super::events::rfc3339;
     use super::*;
-    use crate::config::{CloudEventsConfig, CloudEventsMode};
 
     fn entry(aggregateid: Option<&str>) -> Entry {
         let names: Arc<[Arc<str>]> =

@@ -1,4 +1,5 @@
-//! `[route]`: how an entry becomes a message (destination, shard key, headers, CloudEvents).
+//! `[route]`: how an entry becomes a message (destination, shard key, headers, CloudEvents), as
+//! the config file says it. The router owns it; `config` only reads it from the file.
 
 use std::collections::BTreeMap;
 
