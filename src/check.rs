@@ -2,9 +2,10 @@
 //! words. Invariant: check only reads — it never creates, alters or deletes anything (the
 //! RabbitMQ topology declared from config is the one exception, and it is idempotent).
 
+use outbox_relay_core::Sink;
 use outbox_relay_postgres::{OutboxTable, Session, TableName};
 
-use crate::config::{AfterPublishConfig, Config, SinkConfig, SourceMode};
+use crate::config::{AfterPublishConfig, Config, SourceMode};
 use crate::error::RelayError;
 use crate::router::Router;
 use crate::sink::chain;
@@ -200,51 +201,30 @@ async fn check_sink(config: &Config, report: &mut Report) {
         Ok(sink) => sink,
         Err(error) => return report.fail("sink", chain(&error)),
     };
-    let static_destination =
-        (!config.route.topic.contains("${")).then(|| config.route.topic.clone());
-    match (&config.sink, &mut sink) {
+    let name = sink.name();
+    let static_destination = (!config.route.topic.contains("${")).then_some(&*config.route.topic);
+    match sink.check(static_destination).await {
+        Ok(checked) => {
+            report.pass(name, checked.reached);
+            let what = format!("{name} {}", checked.destination_kind);
+            match checked.destination {
+                Some(Ok(found)) => report.pass(&what, found),
+                Some(Err(missing)) => report.fail(&what, missing),
+                None => {}
+            }
+        }
+        Err(error) => report.fail(name, format!("{}{}", chain(&error), unreachable_hint(config))),
+    }
+}
+
+/// What to look at when the broker cannot be reached.
+fn unreachable_hint(config: &Config) -> &'static str {
+    match config.sink {
         #[cfg(feature = "kafka")]
-        (SinkConfig::Kafka(kafka), crate::sink::AnySink::Kafka(sink)) => match sink.check().await {
-            Ok(info) => {
-                report.pass(
-                    "kafka",
-                    format!(
-                        "reached {} ({} brokers, {} topics)",
-                        kafka.brokers,
-                        info.brokers,
-                        info.topics.len()
-                    ),
-                );
-                if let Some(topic) = static_destination {
-                    if info.topics.contains(&topic) {
-                        report.pass("kafka topic", format!("{topic:?} exists"));
-                    } else {
-                        report.fail("kafka topic", format!("{topic:?} does not exist: create it"));
-                    }
-                }
-            }
-            Err(error) => report.fail(
-                "kafka",
-                format!("{} (is the broker running, and is sink.brokers right?)", chain(&error)),
-            ),
-        },
-        #[cfg(feature = "rabbitmq")]
-        (SinkConfig::Rabbitmq(_), crate::sink::AnySink::Rabbit(sink)) => match sink.check().await {
-            Ok(()) => {
-                report.pass(
-                    "rabbitmq",
-                    format!("connected to {} and declared the topology", sink.target()),
-                );
-                if let Some(exchange) = static_destination {
-                    match sink.check_exchange(&exchange).await {
-                        Ok(()) => report.pass("rabbitmq exchange", format!("{exchange:?} exists")),
-                        Err(error) => report.fail("rabbitmq exchange", chain(&error)),
-                    }
-                }
-            }
-            Err(error) => report.fail("rabbitmq", chain(&error)),
-        },
+        crate::config::SinkConfig::Kafka(_) => {
+            " (is the broker running, and is sink.brokers right?)"
+        }
         #[allow(unreachable_patterns)]
-        _ => report.fail("sink", "this build does not include the configured sink"),
+        _ => "",
     }
 }

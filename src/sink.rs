@@ -1,7 +1,7 @@
 //! The sink this relay was configured with. Config chooses one variant; there is no plugin
 //! system. Invariant: a variant exists only in builds with its feature.
 
-use outbox_relay_core::{Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{Checked, Confirm, ConnectorError, Message, Sink};
 
 use crate::config::SinkConfig;
 use crate::error::RelayError;
@@ -134,6 +134,22 @@ impl Sink for AnySink {
             AnySink::Rabbit(sink) => sink.replays_recognised(),
         }
     }
+
+    async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(sink) => Sink::check(sink, destination).await,
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(sink) => Sink::check(sink, destination).await,
+        }
+    }
+}
+
+impl AnySink {
+    /// The broker's name in reports: "kafka", "rabbitmq".
+    pub(crate) fn name(&self) -> &'static str {
+        self.system()
+    }
 }
 
 #[cfg(feature = "rabbitmq")]
@@ -196,14 +212,4 @@ fn topology(
     })
 }
 
-/// `error: cause: cause`, for one-line reports.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use outbox_relay_core::chain;

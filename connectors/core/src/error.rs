@@ -71,3 +71,15 @@ impl Error for ConnectorError {
         self.inner.source()
     }
 }
+
+/// `error: cause: cause`, for one-line reports.
+pub fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -16,7 +16,7 @@ mod source;
 pub mod testing;
 
 pub use entry::{Entry, Fields, Header, Message, PayloadKind};
-pub use error::{ConnectorError, Retry};
+pub use error::{chain, ConnectorError, Retry};
 pub use position::{Lsn, Position, PositionParseError};
-pub use sink::{Confirm, Sink};
+pub use sink::{Checked, Confirm, Sink};
 pub use source::Source;

@@ -37,4 +37,23 @@ pub trait Sink: Send {
     fn replays_recognised(&self) -> u64 {
         0
     }
+
+    /// Reaches the broker as `send` would (connection, credentials, the declared topology) and,
+    /// when `destination` is given (a route without templates), whether it exists: what
+    /// `outbox-relay check` and `doctor` report.
+    fn check(
+        &mut self,
+        destination: Option<&str>,
+    ) -> impl Future<Output = Result<Checked, ConnectorError>> + Send;
+}
+
+/// What [`Sink::check`] found, in words for the operator.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// What was reached: "127.0.0.1:9092 (1 brokers, 3 topics)".
+    pub reached: String,
+    /// What a destination is called on this broker: "topic", "exchange".
+    pub destination_kind: &'static str,
+    /// For a destination asked about: `Ok` (it exists) or `Err` (why not, and what to do).
+    pub destination: Option<Result<String, String>>,
 }

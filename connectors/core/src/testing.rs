@@ -15,7 +15,9 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::FutureExt;
 
-use crate::{Confirm, ConnectorError, Entry, Fields, Message, PayloadKind, Position, Sink, Source};
+use crate::{
+    Checked, Confirm, ConnectorError, Entry, Fields, Message, PayloadKind, Position, Sink, Source,
+};
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -287,6 +289,14 @@ impl Sink for RecordingSink {
             Answer::FailConfirm(error) => Ok(Box::pin(futures::future::ready(Err(error)))),
             Answer::Refuse(error) => Err(error),
         }
+    }
+
+    async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {
+        Ok(Checked {
+            reached: "the recording sink".into(),
+            destination_kind: "destination",
+            destination: destination.map(|d| Ok(format!("{d:?} exists"))),
+        })
     }
 }
 

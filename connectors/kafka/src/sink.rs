@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use outbox_relay_core::{cloudevents, Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{cloudevents, Checked, Confirm, ConnectorError, Message, Sink};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -361,6 +361,24 @@ impl Sink for KafkaSink {
 
     fn replays_recognised(&self) -> u64 {
         self.recognised
+    }
+
+    async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {
+        let info = KafkaSink::check(self).await?;
+        let reached = format!(
+            "reached {} ({} brokers, {} topics)",
+            self.options.brokers,
+            info.brokers,
+            info.topics.len()
+        );
+        let destination = destination.map(|topic| {
+            if info.topics.iter().any(|t| t == topic) {
+                Ok(format!("{topic:?} exists"))
+            } else {
+                Err(format!("{topic:?} does not exist: create it"))
+            }
+        });
+        Ok(Checked { reached, destination_kind: "topic", destination })
     }
 }
 

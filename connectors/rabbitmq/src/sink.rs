@@ -15,7 +15,7 @@ use lapin::uri::AMQPUri;
 use lapin::{
     Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus, ExchangeKind,
 };
-use outbox_relay_core::{cloudevents, Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{cloudevents, Checked, Confirm, ConnectorError, Message, Sink};
 
 use crate::properties::{header_frame_size, properties, validate};
 use crate::{RabbitSinkError, Topology};
@@ -399,6 +399,19 @@ impl Sink for RabbitSink {
                 }
             }
         }))
+    }
+
+    async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {
+        RabbitSink::check(self).await?;
+        let reached = format!("connected to {} and declared the topology", self.target());
+        let destination = match destination {
+            None => None,
+            Some(exchange) => Some(match self.check_exchange(exchange).await {
+                Ok(()) => Ok(format!("{exchange:?} exists")),
+                Err(error) => Err(outbox_relay_core::chain(&error)),
+            }),
+        };
+        Ok(Checked { reached, destination_kind: "exchange", destination })
     }
 }
 
