@@ -48,6 +48,7 @@ mod replay;
 mod router;
 mod shutdown;
 mod sink;
+mod source;
 mod spans;
 mod status;
 mod store;

@@ -14,11 +14,12 @@ use outbox_relay_postgres::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{AfterPublishConfig, Config, MessageFormatConfig, SourceMode};
+use crate::config::{AfterPublishConfig, Config, MessageFormatConfig, SourceConfig, SourceMode};
 use crate::error::RelayError;
 use crate::pipeline::{self, Exit, Settings};
 use crate::router::Router;
 use crate::sink::AnySink;
+use crate::source::AnySource;
 use crate::store::state::RelayState;
 use crate::telemetry::{self, Activity, Telemetry};
 
@@ -110,28 +111,48 @@ async fn run_once(
             });
         }
     }
-    if polled {
-        let options = PollOptions {
-            batch_size: source.batch_size,
-            poll_interval: source.poll_interval,
-            after_publish: match source.after_publish {
-                AfterPublishConfig::Mark => AfterPublish::Mark { retention: source.retention },
-                AfterPublishConfig::Delete | AfterPublishConfig::Keep => AfterPublish::Delete,
-            },
-            notify_channel: Some(source.notify_channel.clone()).filter(|c| !c.is_empty()),
-        };
-        tracing::info!(table = %table.name, "polling the outbox");
-        let mut state = RelayState::open(config, lease).await?;
-        let window = replay_window(&session, &table, &state, settings).await?;
-        if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
-            return Ok(exit);
-        }
-        let source = PollSource::new(session, table, options).await?;
-        return pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown)
-            .await;
+    // The relay's records are opened first, under the lock; then the sink's run begins (a
+    // Kafka sink fences older producers and learns how far back replays may go); then the
+    // source starts reading.
+    let mut state = RelayState::open(config, lease).await?;
+    let window = replay_window(&session, &table, &state, settings).await?;
+    let wal = if polled { None } else { Some(wal_options(config, &session, settings).await?) };
+    if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
+        return Ok(exit);
     }
-    let sender_timeout = wal::sender_timeout(&session).await?;
-    let options = WalOptions {
+    let source = match wal {
+        None => {
+            tracing::info!(table = %table.name, "polling the outbox");
+            AnySource::Poll(PollSource::new(session, table, poll_options(source)).await?)
+        }
+        Some(options) => {
+            let url = config.postgres.url.expose();
+            AnySource::Wal(WalSource::start(url, session, Some(table), options).await?)
+        }
+    };
+    pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown).await
+}
+
+fn poll_options(source: &SourceConfig) -> PollOptions {
+    PollOptions {
+        batch_size: source.batch_size,
+        poll_interval: source.poll_interval,
+        after_publish: match source.after_publish {
+            AfterPublishConfig::Mark => AfterPublish::Mark { retention: source.retention },
+            AfterPublishConfig::Delete | AfterPublishConfig::Keep => AfterPublish::Delete,
+        },
+        notify_channel: Some(source.notify_channel.clone()).filter(|c| !c.is_empty()),
+    }
+}
+
+async fn wal_options(
+    config: &Config,
+    session: &outbox_relay_postgres::Session,
+    settings: &Settings,
+) -> Result<WalOptions, RelayError> {
+    let source = &config.source;
+    let sender_timeout = wal::sender_timeout(session).await?;
+    Ok(WalOptions {
         slot: source.slot.clone(),
         publication: source.publication.clone(),
         message_prefix: Some(source.message_prefix.clone()).filter(|p| !p.is_empty()),
@@ -151,15 +172,7 @@ async fn run_once(
         application_name: format!("outbox-relay:{}", config.pipeline.name),
         // The fourth quarter of the in-flight budget: the pipeline reads three batches ahead.
         read_ahead_bytes: pipeline::batch_bytes(settings),
-    };
-    let mut state = RelayState::open(config, lease).await?;
-    let window = replay_window(&session, &table, &state, settings).await?;
-    if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
-        return Ok(exit);
-    }
-    let source =
-        WalSource::start(config.postgres.url.expose(), session, Some(table), options).await?;
-    pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown).await
+    })
 }
 
 /// Readies the sink for a run (see [`AnySink::begin_run`]); `Some(exit)` when the run ends
