@@ -1,6 +1,6 @@
 //! Bad input gets a clear, actionable error and loses nothing.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! WAL tailing, end to end with the real binary: concurrency and commit order, mixed traffic,
 //! the table-less (logical message) outbox, restarts, WAL release, a million-row transaction.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! no operator. On Kafka nothing is published twice (replays are recognised in the partitions);
 //! on RabbitMQ duplicates of messages whose confirm was lost are allowed, counted, and marked.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The poll source's modes: NOTIFY wake-ups, interval-only polling, marking instead of deleting,
 //! extra header columns.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

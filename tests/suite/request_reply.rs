@@ -4,7 +4,7 @@
 //! a service answers on that channel, quoting the id. An event among the commands (NULL in both
 //! columns) goes out without them.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! over within 10 s, and Kafka gets every entry exactly once across the handover. A leader cut
 //! off and then back stands by.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

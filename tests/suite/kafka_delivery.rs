@@ -7,7 +7,7 @@
 //! - a three-node cluster (replication factor 3, `min.insync.replicas=2`) whose partition leader
 //!   is killed mid-run: 0 lost, 0 duplicates, key order kept, in both delivery modes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Operator mistakes and hostile data: each is stopped loudly or set aside with its content,
 //! never dropped, never a crash.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

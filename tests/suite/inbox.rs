@@ -1,6 +1,6 @@
 //! The consumer inbox makes a handler run once per message, also when deliveries race.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Polling source → Kafka (tansu), end to end with the real binary.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! - RabbitMQ: duplicates happen (a confirm lost with the process), every one is marked, and a
 //!   consumer using the inbox processes each message exactly once, in order.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! with none — into a database whose time zone and date style are not the relay's, and read
 //! what each broker got.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! `promtool`), the Grafana dashboard's queries, and the metrics both rely on, read from a real
 //! relay.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `pipeline.on_poison = "dead-letter"`: poison entries are set aside with their reason, the
 //! rest keeps flowing, and `dlq redrive` delivers them after a fix.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

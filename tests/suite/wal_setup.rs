@@ -1,7 +1,7 @@
 //! WAL prerequisites fail loudly and explain themselves: wal_level, a missing or invalidated
 //! slot, a slot held by another process.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;
