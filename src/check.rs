@@ -201,7 +201,7 @@ async fn check_sink(config: &Config, report: &mut Report) {
         Ok(sink) => sink,
         Err(error) => return report.fail("sink", chain(&error)),
     };
-    let name = sink.name();
+    let name = sink.system();
     let static_destination = (!config.route.topic.contains("${")).then_some(&*config.route.topic);
     match sink.check(static_destination).await {
         Ok(checked) => {

@@ -169,7 +169,7 @@ async fn wal_options(
         status_interval: wal::status_interval(sender_timeout),
         sender_timeout,
         connect_timeout: config.postgres.connect_timeout,
-        application_name: format!("outbox-relay:{}", config.pipeline.name),
+        application_name: crate::store::session_options(config).application_name,
         // The fourth quarter of the in-flight budget: the pipeline reads three batches ahead.
         read_ahead_bytes: pipeline::batch_bytes(settings),
     })

@@ -82,7 +82,8 @@ impl AnySink {
 }
 
 impl AnySink {
-    fn system(&self) -> &'static str {
+    /// The broker's name, in spans and reports: "kafka", "rabbitmq".
+    pub(crate) fn system(&self) -> &'static str {
         match self {
             #[cfg(feature = "kafka")]
             AnySink::Kafka(_) => "kafka",
@@ -142,13 +143,6 @@ impl Sink for AnySink {
             #[cfg(feature = "rabbitmq")]
             AnySink::Rabbit(sink) => Sink::check(sink, destination).await,
         }
-    }
-}
-
-impl AnySink {
-    /// The broker's name in reports: "kafka", "rabbitmq".
-    pub(crate) fn name(&self) -> &'static str {
-        self.system()
     }
 }
 

@@ -351,7 +351,7 @@ async fn the_window_holds_at_most_max_in_flight_messages() {
             let held = sent.held();
             widest = widest.max(held);
             assert!(held <= 3, "{held} confirms outstanding");
-            sent.release(None);
+            sent.release();
         }
         assert_eq!(widest, 3, "the window fills up");
     };
@@ -461,7 +461,7 @@ async fn shutdown_waits_for_what_is_in_flight_and_acknowledges_it() {
         shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(log.acked().is_empty(), "nothing is acknowledged before it is confirmed");
-        sent.release(None);
+        sent.release();
         std::future::pending::<()>().await;
     };
     let result = tokio::select! {

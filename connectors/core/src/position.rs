@@ -60,11 +60,6 @@ impl PartialOrd for Position {
 }
 
 impl Position {
-    /// Whether `self` and `other` come from the same kind of source, so they compare.
-    pub fn comparable(self, other: Position) -> bool {
-        self.partial_cmp(&other).is_some()
-    }
-
     /// The later of two positions of one kind; `other` when they do not compare (the newer
     /// source's position replaces the older's).
     #[must_use]
@@ -133,7 +128,6 @@ mod tests {
         assert!(a < b);
         let poll = Position::Poll { seq: i64::MAX };
         assert_eq!(a.partial_cmp(&poll), None, "kinds do not compare");
-        assert!(!a.comparable(poll) && a.comparable(b));
         assert_eq!(a.max_of(b), b);
         assert_eq!(b.max_of(poll), poll, "the newer kind replaces the older");
         assert!("kafka:1".parse::<Position>().is_err());

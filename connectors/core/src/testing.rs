@@ -78,11 +78,6 @@ impl SourceLog {
         locked(&self.0).closed
     }
 
-    /// Entries not read yet.
-    pub fn unread(&self) -> usize {
-        locked(&self.0).entries.len()
-    }
-
     /// More entries, as if committed now.
     pub fn add(&self, entries: impl IntoIterator<Item = Entry>) {
         let mut state = locked(&self.0);
@@ -219,19 +214,12 @@ impl SinkLog {
         locked(&self.0).held.len()
     }
 
-    /// Resolves every held confirm with `Ok` (`error` `None`) or with the error it makes.
-    pub fn release(&self, error: Option<&dyn Fn() -> ConnectorError>) {
+    /// The broker confirms every held message.
+    pub fn release(&self) {
         let mut state = locked(&self.0);
         for (sent, confirm) in std::mem::take(&mut state.held) {
-            match error {
-                None => {
-                    state.delivered.push(sent);
-                    let _ = confirm.send(Ok(()));
-                }
-                Some(error) => {
-                    let _ = confirm.send(Err(error()));
-                }
-            }
+            state.delivered.push(sent);
+            let _ = confirm.send(Ok(()));
         }
     }
 

@@ -116,9 +116,7 @@ impl KafkaSink {
                     tracing::info!(
                         "an earlier run left a Kafka transaction open; a new producer ends it"
                     );
-                    let producer = producer(&self.options, &self.health)?;
-                    self.transactions = Some(transactions.renewed(producer.clone()));
-                    self.producer = producer;
+                    self.replace_transactional_producer()?;
                 }
                 let transactions = self.transactions.as_ref().expect("transactional");
                 transactions.forget_absent();
@@ -243,10 +241,7 @@ impl KafkaSink {
             return Ok(());
         }
         tracing::warn!(id, "replacing the Kafka producer (it failed or aborted a transaction); messages whose transaction's outcome is unknown are looked up first");
-        let producer = producer(&self.options, &self.health)?;
-        let renewed = transactions.renewed(producer.clone());
-        self.producer = producer;
-        self.transactions = Some(renewed);
+        self.replace_transactional_producer()?;
         // The lost transaction's records, if it committed, are the last of each partition.
         self.tails.forget_and_widen(self.options.transactions.max_messages.saturating_add(16));
         // If this fails, the next enlist initialises the new producer again.
@@ -255,6 +250,18 @@ impl KafkaSink {
 }
 
 impl KafkaSink {
+    /// A new producer (and its transactions) in place of the current one: its
+    /// `init_transactions`, on the next `begin_run`, bumps the epoch and waits until the old
+    /// producer's transaction is complete. What is known of messages (unknown, absent) carries
+    /// over.
+    fn replace_transactional_producer(&mut self) -> Result<(), KafkaSinkError> {
+        let producer = producer(&self.options, &self.health)?;
+        let transactions = self.transactions.as_ref().expect("transactional mode");
+        self.transactions = Some(transactions.renewed(producer.clone()));
+        self.producer = producer;
+        Ok(())
+    }
+
     /// Whether `message` may already be in Kafka, so its partition is looked at first: a
     /// possible replay (of an earlier run, or of an earlier round of this one) that is not
     /// known absent, or a message of a transaction whose outcome is unknown.

@@ -82,6 +82,10 @@ impl Marks {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((id.to_owned(), position));
     }
 
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Whether the message is marked (and unmarks it).
     fn take(&self, id: &str, position: Position) -> bool {
         let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,7 +201,7 @@ impl Transactions {
     /// A new run: what this process knew absent is looked up again (its source re-reads every
     /// unacknowledged entry as a possible replay; the lookup comes after the run's fencing).
     pub(crate) fn forget_absent(&self) {
-        self.absent.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.absent.clear();
     }
 
     /// A message known to be absent was not handed to the producer after all.
