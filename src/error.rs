@@ -73,6 +73,8 @@ pub(crate) enum RelayError {
     Replay(String),
     #[error("replay: {0}")]
     ReplayArgument(String),
+    #[error("cannot write the command's output")]
+    Output(#[from] std::io::Error),
 }
 
 impl RelayError {
@@ -108,7 +110,8 @@ impl RelayError {
             | Self::Dlq(_)
             | Self::Check { .. }
             | Self::Doctor { .. }
-            | Self::Replay(_) => 1,
+            | Self::Replay(_)
+            | Self::Output(_) => 1,
         }
     }
 }

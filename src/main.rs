@@ -4,15 +4,16 @@
 //! # How a message flows (`outbox-relay run`), file by file
 //!
 //! ```text
-//!  relay.rs            leadership (leader.rs: the pipeline's advisory lock, an epoch that fences
-//!    │                 a deposed leader), the relay's records (state.rs), the source, the sink's
-//!    │                 run (Kafka: fence older producers, read how far back replays may go)
+//!  cli/run.rs          leadership (store/leader.rs: the pipeline's advisory lock, an epoch that
+//!    │                 fences a deposed leader), the relay's records (store/state.rs), the
+//!    │                 source (source.rs), the sink's run (Kafka: fence older producers, read
+//!    │                 how far back replays may go)
 //!    ▼
 //!  pipeline/mod.rs     one run, a loop over Events: send what the window allows, take stock,
 //!    │                 decide a failing round, wait
 //!    ├─ feed.rs        the source's task: connectors/postgres (poll.rs: gap-free polling of the
 //!    │                 outbox table; wal/: pgoutput over a replication slot) → batches of Entry
-//!    ├─ router.rs      Entry → Message: destination, shard key, headers, CloudEvent (or poison)
+//!    ├─ router/        Entry → Message: destination, shard key, headers, CloudEvent (or poison)
 //!    ├─ poison.rs      a message that can never go: halt, or a dead letter (key held behind it)
 //!    ├─ sink.rs        AnySink → connectors/kafka or connectors/rabbitmq: send → Confirm
 //!    ├─ window.rs      pending entries, the ack tracker (ack_tracker.rs), the confirms; a
@@ -30,34 +31,27 @@
 //! **possible replay** is a message an earlier run (or an earlier round) may have delivered,
 //! which the sink looks for (Kafka) or marks (RabbitMQ) instead of duplicating blindly.
 //!
-//! The other commands (`migrate.rs`, `check.rs`, `doctor.rs`, `status.rs`, `dlq.rs`,
-//! `replay.rs`, `asyncapi.rs`) share `config.rs` and the connectors and never run a pipeline.
+//! The other commands (`cli/`: `migrate`, `check`, `doctor`, `status`, `dlq`, `replay`,
+//! `asyncapi`) share `config/`, `store/` and the connectors and never run a pipeline.
 
 mod ack_tracker;
-mod asyncapi;
-mod check;
 mod cli;
 mod config;
-mod dlq;
-mod doctor;
 mod error;
-mod gauges;
 mod pipeline;
-mod relay;
-mod replay;
 mod router;
 mod shutdown;
 mod sink;
 mod source;
 mod spans;
-mod status;
 mod store;
 mod telemetry;
 
-use anyhow::Context;
+use std::io::Write;
+
 use clap::Parser;
 
-use crate::cli::{Cli, Command, DlqCommand};
+use crate::cli::Cli;
 use crate::config::Config;
 
 fn main() -> std::process::ExitCode {
@@ -84,51 +78,8 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     telemetry::init_logging(&config.telemetry);
-    match cli.command {
-        Command::Run => {
-            let (shutdown, _signals) = shutdown::on_signal();
-            tracing::info!(pipeline = %config.pipeline.name, "starting");
-            spans::init(&config.telemetry);
-            let result = relay::run(config, shutdown).await;
-            spans::flush().await;
-            result?;
-            tracing::info!("stopped");
-        }
-        Command::Migrate => {
-            let report = store::migrations::migrate(&config).await.context("migrate failed")?;
-            for name in &report.applied {
-                println!("applied {name}");
-            }
-            for done in &report.wal {
-                println!("{done}");
-            }
-            println!(
-                "{} migration(s) applied, {} already present; outbox table {} installed",
-                report.applied.len(),
-                report.already,
-                config.source.table
-            );
-        }
-        Command::Check => check::check(&config).await?,
-        Command::Status { json } => status::status(&config, json).await?,
-        Command::Doctor => doctor::doctor(&config).await?,
-        Command::Asyncapi { observe } => {
-            let dir = cli.config.as_deref().and_then(std::path::Path::parent);
-            asyncapi::asyncapi(&config, dir.unwrap_or(std::path::Path::new(".")), observe).await?
-        }
-        Command::Replay { from, to, dry_run, label, wait } => {
-            spans::init(&config.telemetry);
-            let args = replay::ReplayArgs { from, to, dry_run, label, wait };
-            let result = replay::replay(&config, &args).await;
-            spans::flush().await;
-            result?
-        }
-        Command::Dlq(DlqCommand::List) => dlq::list(&config).await?,
-        Command::Dlq(DlqCommand::Redrive { all: _, id, timeout, no_wait }) => {
-            let wait = (!no_wait).then_some(timeout);
-            let report = dlq::redrive(&config, &id, wait).await?;
-            dlq::print(&config, &report, wait)?;
-        }
-    }
+    let mut out = std::io::stdout().lock();
+    cli::dispatch(cli.command, config, cli.config.as_deref(), &mut out).await?;
+    out.flush()?;
     Ok(())
 }

@@ -51,14 +51,15 @@ impl Lease {
     }
 }
 
-/// Connects and waits for the pipeline lock. `Ok(None)` if shutdown came first.
+/// Waits on `session` for the pipeline lock, and hands the session back holding it (the lock
+/// lasts as long as the session). `Ok(None)` if shutdown came first.
 pub(crate) async fn acquire(
+    session: Session,
     config: &Config,
     telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) -> Result<Option<(Session, Lease)>, RelayError> {
     let pipeline = &config.pipeline.name;
-    let session = super::connect(config).await?;
     // Before anything is written: a database never migrated says so, not "relation does not
     // exist".
     super::migrations::require_latest(&session).await?;

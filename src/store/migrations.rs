@@ -3,7 +3,7 @@
 //! `outbox_relay.schema_migrations`. Invariant: an applied migration is never re-applied, and a
 //! changed one is refused rather than silently diverging.
 
-use outbox_relay_postgres::{wal, PostgresError, Session, TableName};
+use outbox_relay_postgres::{prerequisites, PostgresError, Session, TableName};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AfterPublishConfig, Config, SourceMode};
@@ -64,8 +64,7 @@ pub(crate) struct Report {
 
 /// Applies pending migrations, installs (or upgrades) the configured outbox table, and in WAL
 /// mode creates the publication and the replication slot if they are missing.
-pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
-    let session = crate::store::connect(config).await?;
+pub(crate) async fn migrate(session: &Session, config: &Config) -> Result<Report, RelayError> {
     let client = session.client();
     // Concurrent `migrate` runs queue up here instead of racing.
     session
@@ -115,7 +114,7 @@ pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
                 })
             }
             None => {
-                apply(&session, migration, &checksum).await?;
+                apply(session, migration, &checksum).await?;
                 report.applied.push(format!("{:04}_{}", migration.version, migration.name));
             }
         }
@@ -137,10 +136,12 @@ pub(crate) async fn migrate(config: &Config) -> Result<Report, RelayError> {
         )
         .await?;
     if config.source.mode == SourceMode::Wal {
-        wal::check_wal_level(&session).await?;
+        prerequisites::check_wal_level(session).await?;
         let publication = &config.source.publication;
-        report.wal.extend(wal::ensure_publication(&session, publication, Some(&table)).await?);
-        report.wal.extend(wal::ensure_slot(&session, &config.source.slot).await?);
+        report
+            .wal
+            .extend(prerequisites::ensure_publication(session, publication, Some(&table)).await?);
+        report.wal.extend(prerequisites::ensure_slot(session, &config.source.slot).await?);
     }
     session
         .timed(

@@ -31,3 +31,10 @@ pub(crate) fn session_options(config: &Config) -> SessionOptions {
 pub(crate) async fn connect(config: &Config) -> Result<Session, PostgresError> {
     Session::connect(config.postgres.url.expose(), &session_options(config)).await
 }
+
+/// A session whose `application_name` also names the command it serves (`...:replay`).
+pub(crate) async fn connect_as(config: &Config, command: &str) -> Result<Session, PostgresError> {
+    let mut options = session_options(config);
+    options.application_name = format!("{}:{command}", options.application_name);
+    Session::connect(config.postgres.url.expose(), &options).await
+}

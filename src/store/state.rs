@@ -39,10 +39,13 @@ pub(crate) struct RelayState {
 }
 
 impl RelayState {
-    /// Connects and reads what the previous run left (`leader::acquire` has checked that the
-    /// schema is at this relay's version).
-    pub(crate) async fn open(config: &Config, lease: Lease) -> Result<Self, RelayError> {
-        let session = crate::store::connect(config).await?;
+    /// Reads, on a session of its own, what the previous run left (`leader::acquire` has
+    /// checked that the schema is at this relay's version).
+    pub(crate) async fn open(
+        session: Session,
+        config: &Config,
+        lease: Lease,
+    ) -> Result<Self, RelayError> {
         let pipeline = config.pipeline.name.clone();
         let row = session
             .timed(
@@ -411,7 +414,8 @@ mod tests {
             "[postgres]\nurl = \"{url}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\n"
         );
         let config = Config::from_sources(&text, [], "test").unwrap();
-        crate::store::migrations::migrate(&config).await.unwrap();
+        let session = crate::store::connect(&config).await.unwrap();
+        crate::store::migrations::migrate(&session, &config).await.unwrap();
         config
     }
 
@@ -419,16 +423,22 @@ mod tests {
     async fn a_relay_that_lost_the_pipeline_lock_writes_nothing() {
         let config = migrated_config().await;
         let (telemetry, shutdown) = (Telemetry::new(), CancellationToken::new());
-        let (lock, lease) =
-            crate::store::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
-        let mut state = RelayState::open(&config, lease).await.unwrap();
+        let acquire = || async {
+            let session = crate::store::connect(&config).await.unwrap();
+            crate::store::leader::acquire(session, &config, &telemetry, &shutdown)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let (lock, lease) = acquire().await;
+        let session = crate::store::connect(&config).await.unwrap();
+        let mut state = RelayState::open(session, &config, lease).await.unwrap();
         state.note_sending(Position::Poll { seq: 10 }).await.unwrap();
         state.note_state("running", None).await.unwrap();
 
         // The lock session ends (a network cut, a restarted pooler); another relay takes over.
         drop(lock);
-        let (usurper, _) =
-            crate::store::leader::acquire(&config, &telemetry, &shutdown).await.unwrap().unwrap();
+        let (usurper, _) = acquire().await;
         let refused = state.note_sending(Position::Poll { seq: 20 }).await.unwrap_err();
         assert!(matches!(refused, PostgresError::LockLost { .. }), "{refused}");
         let refused = state.note_state("halted", Some("late")).await.unwrap_err();

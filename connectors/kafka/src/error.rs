@@ -23,7 +23,7 @@ pub enum KafkaSinkError {
         #[source]
         source: Box<KafkaError>,
     },
-    #[error("cannot reach the Kafka cluster at {brokers}")]
+    #[error("cannot reach the Kafka cluster at {brokers} (is the broker running, and is sink.brokers right?)")]
     Unreachable {
         brokers: String,
         #[source]

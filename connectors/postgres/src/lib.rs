@@ -8,6 +8,7 @@
 mod error;
 mod holes;
 mod poll;
+pub mod prerequisites;
 mod retained;
 mod session;
 mod table;

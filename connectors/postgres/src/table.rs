@@ -160,7 +160,7 @@ impl OutboxTable {
                     "run `outbox-relay migrate`, which adds the relay's ordering column and trigger",
                 ));
             }
-            check_seq_stamping(session, &name).await?;
+            crate::prerequisites::check_seq_stamping(session, &name).await?;
         }
         let payload_type = shape
             .column_type(payload_column)
@@ -195,93 +195,6 @@ impl OutboxTable {
             .map(|(name, _)| name.as_str())
             .filter(move |name| *name != self.payload_column)
     }
-}
-
-/// The poll source's gap rule (see `holes`) holds only if every row's `seq` is drawn by
-/// `outbox_relay.stamp_outbox_seq` — BEFORE INSERT, per row, firing in ordinary sessions, with
-/// no BEFORE INSERT row trigger after it (triggers fire in name order) that could change `seq` —
-/// from a `CACHE 1` sequence that grows.
-async fn check_seq_stamping(session: &Session, table: &TableName) -> Result<(), PostgresError> {
-    let problem =
-        |problem: String| PostgresError::SeqStamping { table: table.to_string(), problem };
-    let stamp = session
-        .timed(
-            "looking for the seq trigger",
-            session.client().query_opt(
-                "select t.tgenabled::text, t.tgtype & 7 = 7, \
-                        t.tgfoid = 'outbox_relay.stamp_outbox_seq'::regproc, \
-                        split_part(encode(t.tgargs, 'escape'), '\\000', 1), \
-                        s.seqcache, s.seqincrement \
-                 from pg_trigger t \
-                 left join pg_sequence s \
-                   on s.seqrelid = to_regclass(split_part(encode(t.tgargs, 'escape'), '\\000', 1)) \
-                 where t.tgrelid = to_regclass($1) and t.tgname = 'outbox_relay_stamp_seq'",
-                &[&table.quoted()],
-            ),
-        )
-        .await?;
-    let Some(stamp) = stamp else {
-        return Err(PostgresError::MissingSeqTrigger { table: table.to_string() });
-    };
-    let enabled: String = stamp.get(0);
-    match enabled.as_str() {
-        "D" => return Err(PostgresError::MissingSeqTrigger { table: table.to_string() }),
-        "R" => {
-            return Err(problem(
-                "trigger outbox_relay_stamp_seq fires only in replica sessions (enable replica \
-                 trigger); `alter table ... enable trigger outbox_relay_stamp_seq`"
-                    .into(),
-            ))
-        }
-        _ => {}
-    }
-    let (before_insert_row, stamps): (bool, bool) = (stamp.get(1), stamp.get(2));
-    if !before_insert_row || !stamps {
-        return Err(problem(
-            "trigger outbox_relay_stamp_seq is not `before insert for each row execute function \
-             outbox_relay.stamp_outbox_seq(...)`"
-                .into(),
-        ));
-    }
-    let sequence: String = stamp.get(3);
-    let (cache, increment): (Option<i64>, Option<i64>) = (stamp.get(4), stamp.get(5));
-    match (cache, increment) {
-        (None, _) | (_, None) => {
-            return Err(problem(format!("the trigger's sequence {sequence:?} does not exist")))
-        }
-        (Some(cache), _) if cache != 1 => {
-            return Err(problem(format!(
-                "sequence {sequence} has CACHE {cache}: sessions would draw values out of \
-                 order; `alter sequence {sequence} cache 1`"
-            )))
-        }
-        (_, Some(increment)) if increment <= 0 => {
-            return Err(problem(format!(
-                "sequence {sequence} has INCREMENT {increment}: seq must grow"
-            )))
-        }
-        _ => {}
-    }
-    let later = session
-        .timed(
-            "looking for triggers that could change seq",
-            session.client().query(
-                "select tgname::text from pg_trigger where tgrelid = to_regclass($1) \
-                 and not tgisinternal and tgenabled <> 'D' and tgtype & 7 = 7 \
-                 and tgname > 'outbox_relay_stamp_seq' order by tgname",
-                &[&table.quoted()],
-            ),
-        )
-        .await?;
-    if let Some(row) = later.first() {
-        let name: String = row.get(0);
-        return Err(problem(format!(
-            "trigger {name:?} is a BEFORE INSERT row trigger that fires after \
-             outbox_relay_stamp_seq and could change seq; rename it to sort before \
-             \"outbox_relay_stamp_seq\" or make it an AFTER trigger"
-        )));
-    }
-    Ok(())
 }
 
 fn payload_kind(type_name: &str) -> PayloadKind {

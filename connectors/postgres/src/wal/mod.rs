@@ -36,11 +36,9 @@ use tokio_postgres::Statement;
 use message::message_entry;
 pub use message::{envelope_entry, MESSAGE_FIELDS, NON_TRANSACTIONAL};
 pub use pgoutput::DecodeError;
-pub use slot::{
-    check_publication, check_slot, check_wal_level, emit_heartbeat, ensure_publication,
-    ensure_slot, sender_timeout, status_interval, SlotState,
-};
+pub use slot::{emit_heartbeat, sender_timeout, status_interval};
 
+use crate::prerequisites::{check_publication, check_slot, check_wal_level};
 use crate::text::{bytea_from_text, check_text_payload, text_or_hex};
 use crate::wal::pgoutput::{Change, Relation, Value};
 use crate::wal::progress::Progress;

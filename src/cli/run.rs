@@ -20,7 +20,7 @@ use crate::pipeline::{self, Exit, Settings};
 use crate::router::Router;
 use crate::sink::AnySink;
 use crate::source::AnySource;
-use crate::store::state::RelayState;
+use crate::store::{self, state::RelayState};
 use crate::telemetry::{self, Activity, Telemetry};
 
 /// Prefix of the relay's heartbeat messages (never an outbox entry).
@@ -31,7 +31,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
     let _server =
         telemetry::serve(&config.telemetry.listen, Arc::clone(&telemetry), shutdown.clone())
             .await?;
-    let _gauges = AbortOnDropHandle::new(tokio::spawn(crate::gauges::watch(
+    let _gauges = AbortOnDropHandle::new(tokio::spawn(super::gauges::watch(
         config.clone(),
         Arc::clone(&telemetry),
         shutdown.clone(),
@@ -90,7 +90,9 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<Exit, RelayError> {
     telemetry.metrics.set_state(Activity::Starting);
-    let Some((session, lease)) = crate::store::leader::acquire(config, telemetry, shutdown).await?
+    // Two sessions: one holds the pipeline lock and reads the source, one writes the records.
+    let lock = store::connect(config).await?;
+    let Some((session, lease)) = store::leader::acquire(lock, config, telemetry, shutdown).await?
     else {
         return Ok(Exit::Shutdown);
     };
@@ -114,7 +116,7 @@ async fn run_once(
     // The relay's records are opened first, under the lock; then the sink's run begins (a
     // Kafka sink fences older producers and learns how far back replays may go); then the
     // source starts reading.
-    let mut state = RelayState::open(config, lease).await?;
+    let mut state = RelayState::open(store::connect(config).await?, config, lease).await?;
     let window = replay_window(&session, &table, &state, settings).await?;
     let wal = if polled { None } else { Some(wal_options(config, &session, settings).await?) };
     if let Some(exit) = begin_sink_run(sink, window, shutdown).await? {
@@ -169,7 +171,7 @@ async fn wal_options(
         status_interval: wal::status_interval(sender_timeout),
         sender_timeout,
         connect_timeout: config.postgres.connect_timeout,
-        application_name: crate::store::session_options(config).application_name,
+        application_name: store::session_options(config).application_name,
         // The fourth quarter of the in-flight budget: the pipeline reads three batches ahead.
         read_ahead_bytes: pipeline::batch_bytes(settings),
     })

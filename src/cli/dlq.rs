@@ -6,20 +6,22 @@
 //! afterwards — so later entries of their key, even ones already committed, follow them.
 //! Invariant: only the relay marks a dead letter redriven, once the broker confirmed it.
 
+use std::io::Write;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::store::dead_letters;
 
-pub(crate) async fn list(config: &Config) -> Result<(), RelayError> {
+pub(crate) async fn list(config: &Config, out: &mut impl Write) -> Result<(), RelayError> {
     let session = crate::store::connect(config).await?;
     let letters = dead_letters::live(&session, &config.pipeline.name).await?;
     if letters.is_empty() {
-        println!("no dead letters for pipeline {:?}", config.pipeline.name);
+        writeln!(out, "no dead letters for pipeline {:?}", config.pipeline.name)?;
     }
     for letter in &letters {
-        println!(
+        writeln!(
+            out,
             "#{} entry {} key {:?} → {:?} at {}\n    {}",
             letter.seq,
             letter.entry_id,
@@ -30,7 +32,7 @@ pub(crate) async fn list(config: &Config) -> Result<(), RelayError> {
                 Some(first) => format!("held behind {first} (same key)"),
                 None => letter.reason.clone(),
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -77,28 +79,30 @@ pub(crate) async fn redrive(
     Ok(report)
 }
 
-/// Prints how a redrive went; `Err` if an entry failed again or the relay did not finish.
-pub(crate) fn print(
+/// Writes how a redrive went; `Err` if an entry failed again or the relay did not finish.
+pub(crate) fn write(
     config: &Config,
     report: &Redriven,
     wait: Option<Duration>,
+    out: &mut impl Write,
 ) -> Result<(), RelayError> {
     let pipeline = &config.pipeline.name;
     if report.requested == 0 {
-        println!("no dead letters to redrive for pipeline {pipeline:?}");
+        writeln!(out, "no dead letters to redrive for pipeline {pipeline:?}")?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "requested a redrive of {} dead letter(s); the relay leading pipeline {pipeline:?} \
          delivers them in order",
         report.requested
-    );
+    )?;
     let Some(wait) = wait else { return Ok(()) };
-    println!("delivered {} dead letter(s)", report.delivered);
+    writeln!(out, "delivered {} dead letter(s)", report.delivered)?;
     for (id, reason, held) in &report.failed {
-        println!("entry {id} failed again and stays: {reason}");
+        writeln!(out, "entry {id} failed again and stays: {reason}")?;
         if *held > 0 {
-            println!("    {held} entr(ies) of its key stay held behind it");
+            writeln!(out, "    {held} entr(ies) of its key stay held behind it")?;
         }
     }
     if report.waiting > 0 {
@@ -117,4 +121,60 @@ pub(crate) fn print(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(report: &Redriven, wait: Option<Duration>) -> (String, Result<(), RelayError>) {
+        let config = Config::from_sources(
+            "[postgres]\nurl = \"postgres://x\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://x\"\n",
+            [],
+            "test",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let result = write(&config, report, wait, &mut out);
+        (String::from_utf8(out).unwrap(), result)
+    }
+
+    #[test]
+    fn a_redrive_that_failed_again_names_the_entry_and_fails() {
+        let report = Redriven {
+            requested: 3,
+            delivered: 2,
+            waiting: 0,
+            failed: vec![("e-7".into(), "no route".into(), 4)],
+        };
+        let (text, result) = written(&report, Some(Duration::from_secs(1)));
+        assert!(text.contains("requested a redrive of 3 dead letter(s)"), "{text}");
+        assert!(text.contains("delivered 2 dead letter(s)\nentry e-7 failed again and stays: no route\n    4 entr(ies) of its key stay held behind it\n"), "{text}");
+        assert!(
+            matches!(result, Err(RelayError::Dlq(ref why)) if why.contains("1 dead letter(s) failed again")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_without_waiting_succeeds_once_made() {
+        let report = Redriven { requested: 1, waiting: 1, ..Redriven::default() };
+        let (text, result) = written(&report, None);
+        assert!(text.contains("requested a redrive of 1 dead letter(s)"), "{text}");
+        assert!(!text.contains("delivered"), "{text}");
+        assert!(result.is_ok(), "{result:?}");
+        let (text, result) = written(&Redriven::default(), None);
+        assert_eq!(text, "no dead letters to redrive for pipeline \"default\"\n");
+        assert!(result.is_ok());
+    }
+
+    #[test]
+    fn a_wait_that_ran_out_says_the_request_stays() {
+        let report = Redriven { requested: 2, delivered: 1, waiting: 1, failed: vec![] };
+        let (_, result) = written(&report, Some(Duration::from_secs(5)));
+        assert!(
+            matches!(result, Err(RelayError::Dlq(ref why)) if why.contains("1 dead letter(s) not delivered within 5s") && why.contains("The request stays")),
+            "{result:?}"
+        );
+    }
 }

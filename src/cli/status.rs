@@ -3,6 +3,8 @@
 //! status only reads, and the JSON fields are a documented, stable interface (README "status
 //! --json"): fields are added, never renamed or removed.
 
+use std::io::Write;
+
 use outbox_relay_postgres::{PostgresError, Session, TableName};
 use serde::Serialize;
 
@@ -63,12 +65,16 @@ pub(crate) struct Outbox {
     pub(crate) error: Option<String>,
 }
 
-pub(crate) async fn status(config: &Config, json: bool) -> Result<(), RelayError> {
+pub(crate) async fn status(
+    config: &Config,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), RelayError> {
     let report = read(config).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+        writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("serializable"))?;
     } else {
-        print_text(&report);
+        write_text(&report, out)?;
     }
     Ok(())
 }
@@ -168,74 +174,168 @@ impl Slot {
     }
 }
 
-fn print_text(report: &Report) {
-    println!("pipeline {:?} ({} → {})", report.pipeline, report.source, report.sink);
+fn write_text(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "pipeline {:?} ({} → {})", report.pipeline, report.source, report.sink)?;
     match &report.leader {
-        Some(lock) => println!(
+        Some(lock) => writeln!(
+            out,
             "  leader:      pid {} ({}, from {}) holds the pipeline lock",
             lock.pid, lock.application_name, lock.client_addr
         ),
-        None => println!("  leader:      none (no relay holds the pipeline lock)"),
-    }
+        None => writeln!(out, "  leader:      none (no relay holds the pipeline lock)"),
+    }?;
     match &report.recorded {
-        None => println!("  state:       never started"),
+        None => writeln!(out, "  state:       never started")?,
         Some(recorded) => {
             let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
-            println!(
+            writeln!(
+                out,
                 "  last leader: {} since {}",
                 text(&recorded.leader),
                 text(&recorded.leader_since)
-            );
+            )?;
             let state = if report.leader.is_some() {
                 text(&recorded.state)
             } else {
                 format!("{} (when it last ran)", text(&recorded.state))
             };
-            println!("  state:       {state} since {}", text(&recorded.state_since));
+            writeln!(out, "  state:       {state} since {}", text(&recorded.state_since))?;
             if let Some(detail) = &recorded.state_detail {
-                println!("  last error:  {detail}");
+                writeln!(out, "  last error:  {detail}")?;
             }
-            println!("  checkpoint:  {} (acknowledged)", text(&recorded.checkpoint));
-            println!("  max sent:    {} (written before sending)", text(&recorded.max_sent));
+            writeln!(out, "  checkpoint:  {} (acknowledged)", text(&recorded.checkpoint))?;
+            writeln!(out, "  max sent:    {} (written before sending)", text(&recorded.max_sent))?;
         }
     }
     if let Some(slot) = &report.slot {
         if slot.exists {
-            println!(
+            writeln!(
+                out,
                 "  slot:        {} confirmed at {}, {} bytes of WAL behind, wal_status {}, {}",
                 slot.name,
                 slot.confirmed_flush_lsn.clone().unwrap_or_default(),
                 slot.lag_bytes.unwrap_or_default(),
                 slot.wal_status.clone().unwrap_or_default(),
                 if slot.active { "streaming" } else { "not streaming" }
-            );
-            println!(
+            )?;
+            writeln!(
+                out,
                 "               keeps {} bytes of WAL on the server{}",
                 slot.retained_bytes.unwrap_or_default(),
                 slot.safe_wal_bytes.map_or_else(String::new, |safe| format!(
                     ", {safe} bytes from invalidation (max_slot_wal_keep_size)"
                 ))
-            );
+            )?;
         } else {
-            println!("  slot:        {} does not exist", slot.name);
+            writeln!(out, "  slot:        {} does not exist", slot.name)?;
         }
     }
     match (&report.outbox.rows, &report.outbox.error) {
-        (Some(rows), _) => println!("  outbox:      {rows} rows in {}", report.outbox.table),
+        (Some(rows), _) => writeln!(out, "  outbox:      {rows} rows in {}", report.outbox.table),
         (None, error) => {
-            println!("  outbox:      {}: {}", report.outbox.table, error.as_deref().unwrap_or("?"))
+            writeln!(
+                out,
+                "  outbox:      {}: {}",
+                report.outbox.table,
+                error.as_deref().unwrap_or("?")
+            )
         }
-    }
+    }?;
     let dead = &report.dead_letters;
-    println!(
+    writeln!(
+        out,
         "  dead letters: {} live, holding {} keys, {} awaiting redrive (outbox-relay dlq list)",
         dead.live, dead.keys, dead.awaiting_redrive
-    );
+    )?;
+    Ok(())
 }
 
 fn sink_kind(config: &Config) -> &'static str {
     match config.sink {
         crate::config::SinkConfig::Kafka(_) => "kafka",
         crate::config::SinkConfig::Rabbitmq(_) => "rabbitmq",
+    }
+}
+
+/// Reports as `status` reads them, for the tests of the commands that use them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub(crate) fn report(state: &str, leader: bool, slot: Option<Slot>) -> Report {
+        Report {
+            pipeline: "default".into(),
+            source: if slot.is_some() { "wal" } else { "poll" },
+            sink: "kafka",
+            leader: leader.then(|| Leader {
+                pid: 7,
+                application_name: "outbox-relay:default".into(),
+                client_addr: "local".into(),
+            }),
+            recorded: Some(Recorded {
+                leader: Some("host:1".into()),
+                leader_since: None,
+                state: Some(state.into()),
+                state_since: Some("t0".into()),
+                state_detail: None,
+                checkpoint: None,
+                max_sent: None,
+            }),
+            slot,
+            outbox: Outbox { table: "public.outbox".into(), rows: Some(0), error: None },
+            dead_letters: DeadLetters { live: 0, keys: 0, awaiting_redrive: 0 },
+        }
+    }
+
+    pub(crate) fn slot(wal_status: &str, active: bool, safe: Option<i64>) -> Slot {
+        Slot {
+            name: "s".into(),
+            exists: true,
+            confirmed_flush_lsn: Some("0/1".into()),
+            lag_bytes: Some(0),
+            retained_bytes: Some(100),
+            safe_wal_bytes: safe,
+            wal_status: Some(wal_status.into()),
+            active,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{report, slot};
+    use super::*;
+
+    fn text(report: &Report) -> String {
+        let mut out = Vec::new();
+        write_text(report, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_text_says_who_leads_and_where_the_slot_is() {
+        let mut running = report("running", true, Some(slot("reserved", true, Some(4096))));
+        running.dead_letters = DeadLetters { live: 2, keys: 1, awaiting_redrive: 1 };
+        let text = text(&running);
+        assert!(text.starts_with("pipeline \"default\" (wal → kafka)\n"), "{text}");
+        assert!(text.contains("leader:      pid 7 (outbox-relay:default, from local)"), "{text}");
+        assert!(text.contains("state:       running since t0\n"), "{text}");
+        assert!(text.contains("slot:        s confirmed at 0/1, 0 bytes of WAL behind, wal_status reserved, streaming"), "{text}");
+        assert!(
+            text.contains("keeps 100 bytes of WAL on the server, 4096 bytes from invalidation"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dead letters: 2 live, holding 1 keys, 1 awaiting redrive"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_a_leader_the_state_is_the_last_one_recorded() {
+        let text = text(&report("halted", false, None));
+        assert!(text.contains("leader:      none (no relay holds the pipeline lock)"), "{text}");
+        assert!(text.contains("state:       halted (when it last ran) since t0"), "{text}");
+        assert!(!text.contains("slot:"), "{text}");
     }
 }

@@ -2,9 +2,11 @@
 //! words, each problem with what to run. It reads what `status` reads and runs `check`'s tests
 //! quietly. Invariant: doctor only reads, like both of them; it exits 1 when it found a problem.
 
+use std::io::Write;
+
+use super::status::{self, Report};
 use crate::config::Config;
 use crate::error::RelayError;
-use crate::status::{self, Report};
 
 /// Less WAL than this before `max_slot_wal_keep_size` invalidates the slot is a problem now.
 const SAFE_WAL_LOW: i64 = 1 << 30;
@@ -16,8 +18,8 @@ pub(crate) struct Finding {
     pub(crate) remedy: String,
 }
 
-pub(crate) async fn doctor(config: &Config) -> Result<(), RelayError> {
-    let failures = crate::check::failures(config).await?;
+pub(crate) async fn doctor(config: &Config, out: &mut impl Write) -> Result<(), RelayError> {
+    let failures = super::check::failures(config).await?;
     // Without Postgres there is no status to read: the failed checks say why.
     let report = if failures.iter().any(|(what, _)| what == "postgres") {
         None
@@ -28,14 +30,14 @@ pub(crate) async fn doctor(config: &Config) -> Result<(), RelayError> {
     let what = config.pipeline.name.as_str();
     if findings.is_empty() {
         let report = report.expect("read");
-        println!("pipeline {what:?} ({} → {}): healthy", report.source, report.sink);
-        println!("  {}", summary(&report));
+        writeln!(out, "pipeline {what:?} ({} → {}): healthy", report.source, report.sink)?;
+        writeln!(out, "  {}", summary(&report))?;
         return Ok(());
     }
-    println!("pipeline {what:?}: {} problem(s)", findings.len());
+    writeln!(out, "pipeline {what:?}: {} problem(s)", findings.len())?;
     for (n, finding) in findings.iter().enumerate() {
-        println!("\n{}. {}", n + 1, finding.problem);
-        println!("   → {}", finding.remedy);
+        writeln!(out, "\n{}. {}", n + 1, finding.problem)?;
+        writeln!(out, "   → {}", finding.remedy)?;
     }
     Err(RelayError::Doctor { problems: findings.len() })
 }
@@ -169,46 +171,9 @@ pub(crate) fn diagnose(report: Option<&Report>, failures: &[(String, String)]) -
 
 #[cfg(test)]
 mod tests {
+    use super::super::status::fixtures::{report, slot};
+    use super::super::status::DeadLetters;
     use super::*;
-    use crate::status::{DeadLetters, Leader, Outbox, Recorded, Slot};
-
-    fn report(state: &str, leader: bool, slot: Option<Slot>) -> Report {
-        Report {
-            pipeline: "default".into(),
-            source: if slot.is_some() { "wal" } else { "poll" },
-            sink: "kafka",
-            leader: leader.then(|| Leader {
-                pid: 7,
-                application_name: "outbox-relay:default".into(),
-                client_addr: "local".into(),
-            }),
-            recorded: Some(Recorded {
-                leader: Some("host:1".into()),
-                leader_since: None,
-                state: Some(state.into()),
-                state_since: Some("t0".into()),
-                state_detail: None,
-                checkpoint: None,
-                max_sent: None,
-            }),
-            slot,
-            outbox: Outbox { table: "public.outbox".into(), rows: Some(0), error: None },
-            dead_letters: DeadLetters { live: 0, keys: 0, awaiting_redrive: 0 },
-        }
-    }
-
-    fn slot(wal_status: &str, active: bool, safe: Option<i64>) -> Slot {
-        Slot {
-            name: "s".into(),
-            exists: true,
-            confirmed_flush_lsn: Some("0/1".into()),
-            lag_bytes: Some(0),
-            retained_bytes: Some(100),
-            safe_wal_bytes: safe,
-            wal_status: Some(wal_status.into()),
-            active,
-        }
-    }
 
     #[test]
     fn a_running_pipeline_has_no_findings() {

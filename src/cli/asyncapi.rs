@@ -5,6 +5,7 @@
 //! send; what the config cannot know (payload schemas, the event types) is declared in
 //! `[asyncapi]`, or observed in the outbox table with `--observe`.
 
+use std::io::Write;
 use std::path::Path;
 
 use outbox_relay_core::cloudevents::STRUCTURED_CONTENT_TYPE;
@@ -30,10 +31,11 @@ pub(crate) async fn asyncapi(
     config: &Config,
     config_dir: &Path,
     observe: bool,
+    out: &mut impl Write,
 ) -> Result<(), RelayError> {
     let observed = if observe { Some(observed(config).await?) } else { None };
     let document = document(config, config_dir, observed.as_ref())?;
-    println!("{}", serde_json::to_string_pretty(&document).expect("JSON values serialize"));
+    writeln!(out, "{}", serde_json::to_string_pretty(&document).expect("JSON values serialize"))?;
     Ok(())
 }
 

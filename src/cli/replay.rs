@@ -55,7 +55,11 @@ fn bound(text: &str, flag: &str) -> Result<Bound, RelayError> {
     Ok(Bound::Time(text.to_string()))
 }
 
-pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), RelayError> {
+pub(crate) async fn replay(
+    config: &Config,
+    args: &ReplayArgs,
+    out: &mut impl Write,
+) -> Result<(), RelayError> {
     let published_only = match (config.source.mode, config.source.after_publish) {
         (SourceMode::Poll, AfterPublishConfig::Mark) => true,
         (SourceMode::Wal, AfterPublishConfig::Keep) => false,
@@ -69,9 +73,7 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
             ))
         }
     };
-    let mut options = crate::store::session_options(config);
-    options.application_name.push_str(":replay");
-    let session = Session::connect(config.postgres.url.expose(), &options).await?;
+    let session = crate::store::connect_as(config, "replay").await?;
     let mut range = RetainedRange { published_only, ..RetainedRange::default() };
     for (text, flag) in [(Some(&args.from), "--from"), (args.to.as_ref(), "--to")] {
         let Some(text) = text else { continue };
@@ -117,10 +119,11 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
             (Some(first), Some(last)) => format!(", created {first} .. {last}"),
             _ => String::new(),
         };
-        println!(
+        writeln!(
+            out,
             "would replay {} entries ({} bytes){span}{times} from {} (dry run: nothing sent)",
             summary.entries, summary.bytes, table.name
-        );
+        )?;
         return Ok(());
     }
 
@@ -192,10 +195,11 @@ pub(crate) async fn replay(config: &Config, args: &ReplayArgs) -> Result<(), Rel
             window.confirmed
         )));
     }
-    println!(
+    writeln!(
+        out,
         "replayed {} of {} entries{span} to the broker, marked {REPLAY}: {label}",
         window.confirmed, summary.entries
-    );
+    )?;
     if !window.skipped.is_empty() {
         for reason in &window.skipped {
             eprintln!("skipped: {reason}");

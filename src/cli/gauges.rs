@@ -9,8 +9,8 @@ use std::time::Duration;
 use outbox_relay_postgres::Session;
 use tokio_util::sync::CancellationToken;
 
+use super::status::{DeadLetters, Slot};
 use crate::config::{Config, SourceMode};
-use crate::status::{DeadLetters, Slot};
 use crate::telemetry::Telemetry;
 
 /// How often the gauges are read (a Prometheus scrape interval, give or take).

@@ -2,63 +2,73 @@
 //! words. Invariant: check only reads — it never creates, alters or deletes anything (the
 //! RabbitMQ topology declared from config is the one exception, and it is idempotent).
 
+use std::io::Write;
+
 use outbox_relay_core::Sink;
-use outbox_relay_postgres::{OutboxTable, Session, TableName};
+use outbox_relay_postgres::{prerequisites, OutboxTable, Session, TableName};
 
 use crate::config::{AfterPublishConfig, Config, SourceMode};
 use crate::error::RelayError;
 use crate::router::Router;
 use crate::sink::chain;
 
-#[derive(Debug, Default)]
-struct Report {
+/// The checks' results, each written as it comes (to `out`; nowhere for `doctor`).
+struct Report<'a> {
     total: usize,
     /// What failed, and why (with what to do).
     failures: Vec<(String, String)>,
-    /// Collect only (for `doctor`), print nothing.
-    quiet: bool,
+    out: Option<&'a mut dyn Write>,
+    /// The first write that failed: the command ends with it.
+    broken: Option<std::io::Error>,
 }
 
-impl Report {
+impl Report<'_> {
     fn pass(&mut self, what: &str, detail: impl AsRef<str>) {
         self.total += 1;
-        if !self.quiet {
-            println!("[ok]   {what}: {}", detail.as_ref());
-        }
+        self.line("[ok]  ", what, detail.as_ref());
     }
 
     fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
         self.total += 1;
         self.failures.push((what.to_owned(), detail.as_ref().to_owned()));
-        if !self.quiet {
-            println!("[FAIL] {what}: {}", detail.as_ref());
-        }
+        self.line("[FAIL]", what, detail.as_ref());
     }
 
     fn warn(&mut self, what: &str, detail: impl AsRef<str>) {
-        if !self.quiet {
-            println!("[warn] {what}: {}", detail.as_ref());
+        self.line("[warn]", what, detail.as_ref());
+    }
+
+    fn line(&mut self, tag: &str, what: &str, detail: &str) {
+        let Some(out) = self.out.as_mut() else { return };
+        if let Err(error) = writeln!(out, "{tag} {what}: {detail}") {
+            self.broken.get_or_insert(error);
         }
     }
 }
 
-pub(crate) async fn check(config: &Config) -> Result<(), RelayError> {
-    let report = run(config, false).await?;
-    let failed = report.failures.len();
-    println!("{} of {} checks passed", report.total - failed, report.total);
+pub(crate) async fn check(config: &Config, out: &mut impl Write) -> Result<(), RelayError> {
+    let Report { total, failures, broken, .. } = run(config, Some(out as &mut dyn Write)).await?;
+    if let Some(error) = broken {
+        return Err(error.into());
+    }
+    let failed = failures.len();
+    writeln!(out, "{} of {total} checks passed", total - failed)?;
     if failed > 0 {
-        return Err(RelayError::Check { failed, total: report.total });
+        return Err(RelayError::Check { failed, total });
     }
     Ok(())
 }
 
-/// The checks that fail, each as (what, why and what to do), printing nothing.
+/// The checks that fail, each as (what, why and what to do), writing nothing.
 pub(crate) async fn failures(config: &Config) -> Result<Vec<(String, String)>, RelayError> {
-    Ok(run(config, true).await?.failures)
+    Ok(run(config, None).await?.failures)
 }
 
-async fn run(config: &Config, quiet: bool) -> Result<Report, RelayError> {
-    let mut report = Report { quiet, ..Report::default() };
+async fn run<'a>(
+    config: &Config,
+    out: Option<&'a mut dyn Write>,
+) -> Result<Report<'a>, RelayError> {
+    let mut report = Report { total: 0, failures: Vec::new(), out, broken: None };
     report.pass("config", format!("pipeline {:?} is valid", config.pipeline.name));
     let router = Router::new(&config.route, &config.pipeline.name)?;
 
@@ -73,7 +83,12 @@ async fn run(config: &Config, quiet: bool) -> Result<Report, RelayError> {
     Ok(report)
 }
 
-async fn check_database(session: &Session, config: &Config, router: &Router, report: &mut Report) {
+async fn check_database(
+    session: &Session,
+    config: &Config,
+    router: &Router,
+    report: &mut Report<'_>,
+) {
     let latest = crate::store::migrations::latest_version() as i32;
     match crate::store::migrations::applied_version(session).await {
         Ok(applied) if applied >= latest => {
@@ -132,15 +147,8 @@ async fn check_database(session: &Session, config: &Config, router: &Router, rep
     if !polled {
         check_wal(session, config, &table, report).await;
     } else if !config.source.notify_channel.is_empty() {
-        let trigger = session
-            .client()
-            .query_opt(
-                "select 1 from pg_trigger where tgrelid = to_regclass($1) \
-                 and tgname = 'outbox_relay_notify' and tgenabled <> 'D'",
-                &[&table.name.quoted()],
-            )
-            .await;
-        if !matches!(trigger, Ok(Some(_))) {
+        let trigger = prerequisites::has_notify_trigger(session, &table.name).await;
+        if !matches!(trigger, Ok(true)) {
             report.warn(
                 "notify",
                 format!(
@@ -153,24 +161,20 @@ async fn check_database(session: &Session, config: &Config, router: &Router, rep
     }
 }
 
-async fn check_wal(session: &Session, config: &Config, table: &OutboxTable, report: &mut Report) {
-    use outbox_relay_postgres::wal;
-    match wal::check_wal_level(session).await {
+async fn check_wal(
+    session: &Session,
+    config: &Config,
+    table: &OutboxTable,
+    report: &mut Report<'_>,
+) {
+    match prerequisites::check_wal_level(session).await {
         Ok(()) => report.pass("wal_level", "logical"),
         Err(error) => return report.fail("wal_level", chain(&error)),
     }
-    let limits = session
-        .client()
-        .query_one(
-            "select current_setting('max_replication_slots')::int, \
-                    current_setting('max_wal_senders')::int",
-            &[],
-        )
-        .await;
-    match limits {
-        Ok(row) if row.get::<_, i32>(0) > 0 && row.get::<_, i32>(1) > 0 => report.pass(
+    match prerequisites::ReplicationLimits::read(session).await {
+        Ok(limits) if limits.suffice() => report.pass(
             "replication limits",
-            format!("max_replication_slots = {}, max_wal_senders = {}", row.get::<_, i32>(0), row.get::<_, i32>(1)),
+            format!("max_replication_slots = {}, max_wal_senders = {}", limits.slots, limits.senders),
         ),
         Ok(_) => report.fail(
             "replication limits",
@@ -179,12 +183,14 @@ async fn check_wal(session: &Session, config: &Config, table: &OutboxTable, repo
         Err(error) => report.fail("replication limits", chain(&error)),
     }
     let publication = &config.source.publication;
-    match wal::check_publication(session, publication, Some(&table.name), Some(table.oid)).await {
+    match prerequisites::check_publication(session, publication, Some(&table.name), Some(table.oid))
+        .await
+    {
         Ok(()) => report
             .pass("publication", format!("{publication:?} publishes inserts into {}", table.name)),
         Err(error) => report.fail("publication", chain(&error)),
     }
-    match wal::check_slot(session, &config.source.slot).await {
+    match prerequisites::check_slot(session, &config.source.slot).await {
         Ok(slot) => report.pass(
             "replication slot",
             format!("{:?} (pgoutput) resumes at {}", config.source.slot, slot.confirmed_flush),
@@ -196,7 +202,7 @@ async fn check_wal(session: &Session, config: &Config, table: &OutboxTable, repo
     }
 }
 
-async fn check_sink(config: &Config, report: &mut Report) {
+async fn check_sink(config: &Config, report: &mut Report<'_>) {
     let mut sink = match crate::sink::AnySink::new(&config.sink, &config.pipeline.name) {
         Ok(sink) => sink,
         Err(error) => return report.fail("sink", chain(&error)),
@@ -213,18 +219,34 @@ async fn check_sink(config: &Config, report: &mut Report) {
                 None => {}
             }
         }
-        Err(error) => report.fail(name, format!("{}{}", chain(&error), unreachable_hint(config))),
+        Err(error) => report.fail(name, chain(&error)),
     }
 }
 
-/// What to look at when the broker cannot be reached.
-fn unreachable_hint(config: &Config) -> &'static str {
-    match config.sink {
-        #[cfg(feature = "kafka")]
-        crate::config::SinkConfig::Kafka(_) => {
-            " (is the broker running, and is sink.brokers right?)"
-        }
-        #[allow(unreachable_patterns)]
-        _ => "",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_result_is_written_as_it_comes_and_failures_are_kept() {
+        let mut out = Vec::new();
+        let mut report = Report {
+            total: 0,
+            failures: Vec::new(),
+            out: Some(&mut out as &mut dyn Write),
+            broken: None,
+        };
+        report.pass("postgres", "connected to 127.0.0.1:5432/app");
+        report.warn("notify", "no trigger");
+        report.fail("kafka", "cannot reach it");
+        let Report { total, failures, broken, .. } = report;
+        assert_eq!((total, broken.is_none()), (2, true));
+        assert_eq!(failures, [("kafka".to_owned(), "cannot reach it".to_owned())]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[ok]   postgres: connected to 127.0.0.1:5432/app\n\
+             [warn] notify: no trigger\n\
+             [FAIL] kafka: cannot reach it\n"
+        );
     }
 }
