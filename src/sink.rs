@@ -1,7 +1,7 @@
 //! The sink this relay was configured with. Config chooses one variant; there is no plugin
 //! system. Invariant: a variant exists only in builds with its feature.
 
-use outbox_relay_core::{Checked, Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{Capabilities, Checked, Confirm, ConnectorError, Message, Sink};
 
 use crate::config::SinkConfig;
 use crate::error::RelayError;
@@ -133,6 +133,15 @@ impl Sink for AnySink {
             AnySink::Kafka(sink) => sink.replays_recognised(),
             #[cfg(feature = "rabbitmq")]
             AnySink::Rabbit(sink) => sink.replays_recognised(),
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self {
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(sink) => sink.capabilities(),
+            #[cfg(feature = "rabbitmq")]
+            AnySink::Rabbit(sink) => sink.capabilities(),
         }
     }
 

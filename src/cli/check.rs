@@ -38,6 +38,11 @@ impl Report<'_> {
         self.line("[warn]", what, detail.as_ref());
     }
 
+    /// What the operator should know, neither a pass nor a failure.
+    fn note(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.line("[info]", what, detail.as_ref());
+    }
+
     fn line(&mut self, tag: &str, what: &str, detail: &str) {
         let Some(out) = self.out.as_mut() else { return };
         if let Err(error) = writeln!(out, "{tag} {what}: {detail}") {
@@ -212,6 +217,7 @@ async fn check_sink(config: &Config, report: &mut Report<'_>) {
     match sink.check(static_destination).await {
         Ok(checked) => {
             report.pass(name, checked.reached);
+            report.note(&format!("{name} delivery"), sink.capabilities().to_string());
             let what = format!("{name} {}", checked.destination_kind);
             match checked.destination {
                 Some(Ok(found)) => report.pass(&what, found),

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use outbox_relay_core::Retry;
+use outbox_relay_core::{Retry, Sink};
 use outbox_relay_postgres::{
     wal, AfterPublish, MessageFormat, OutboxTable, PollOptions, PollSource, TableName,
     WalAfterPublish, WalOptions, WalSource,
@@ -38,6 +38,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
     )));
     let router = Router::new(&config.route, &config.pipeline.name)?;
     let mut sink = AnySink::new(&config.sink, &config.pipeline.name)?;
+    tracing::info!(sink = sink.system(), guarantees = %sink.capabilities(), "delivery");
     let settings = Settings {
         max_in_flight: config.pipeline.max_in_flight,
         max_in_flight_bytes: config.pipeline.max_in_flight_bytes,

@@ -176,6 +176,15 @@ async fn a_missing_outbox_table_or_schema_fails_with_what_to_run() {
         "{}",
         out.stdout
     );
+    // The broker was reached: what it guarantees is said, as a note, not a check.
+    assert!(
+        out.stdout.contains(
+            "[info] kafka delivery: messages of a shard key stay in commit order; possible \
+             replays are looked up and not sent again"
+        ),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

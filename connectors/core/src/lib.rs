@@ -18,5 +18,5 @@ pub mod testing;
 pub use entry::{Entry, Fields, Header, Message, PayloadKind};
 pub use error::{chain, ConnectorError, Retry};
 pub use position::{Lsn, Position, PositionParseError};
-pub use sink::{Checked, Confirm, Sink};
+pub use sink::{Capabilities, Checked, Confirm, Replays, Sink};
 pub use source::Source;

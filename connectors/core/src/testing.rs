@@ -16,7 +16,8 @@ use futures::channel::oneshot;
 use futures::FutureExt;
 
 use crate::{
-    Checked, Confirm, ConnectorError, Entry, Fields, Message, PayloadKind, Position, Sink, Source,
+    Capabilities, Checked, Confirm, ConnectorError, Entry, Fields, Message, PayloadKind, Position,
+    Replays, Sink, Source,
 };
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -277,6 +278,10 @@ impl Sink for RecordingSink {
             Answer::FailConfirm(error) => Ok(Box::pin(futures::future::ready(Err(error)))),
             Answer::Refuse(error) => Err(error),
         }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { orders_by_key: true, replays: Replays::Marked }
     }
 
     async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {

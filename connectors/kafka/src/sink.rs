@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use outbox_relay_core::{cloudevents, Checked, Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{
+    cloudevents, Capabilities, Checked, Confirm, ConnectorError, Message, Replays, Sink,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -368,6 +370,11 @@ impl Sink for KafkaSink {
 
     fn replays_recognised(&self) -> u64 {
         self.recognised
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // The key picks the partition (`partition_for`), and a partition keeps order.
+        Capabilities { orders_by_key: true, replays: Replays::Suppressed }
     }
 
     async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {

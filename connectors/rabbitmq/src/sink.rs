@@ -15,7 +15,9 @@ use lapin::uri::AMQPUri;
 use lapin::{
     Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus, ExchangeKind,
 };
-use outbox_relay_core::{cloudevents, Checked, Confirm, ConnectorError, Message, Sink};
+use outbox_relay_core::{
+    cloudevents, Capabilities, Checked, Confirm, ConnectorError, Message, Replays, Sink,
+};
 
 use crate::properties::{header_frame_size, properties, validate};
 use crate::{RabbitSinkError, Topology};
@@ -399,6 +401,11 @@ impl Sink for RabbitSink {
                 }
             }
         }))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // The key picks the channel (lane); a channel's publishes reach a queue in order.
+        Capabilities { orders_by_key: true, replays: Replays::Marked }
     }
 
     async fn check(&mut self, destination: Option<&str>) -> Result<Checked, ConnectorError> {
