@@ -111,12 +111,14 @@ impl KafkaSink {
     pub async fn begin_run(&mut self, window: usize) -> Result<(), KafkaSinkError> {
         match &self.transactions {
             Some(transactions) => {
-                if transactions.holds_open().await {
+                if transactions.unfit_for_a_run().await {
                     // An abort returns before its markers are in the partitions; a new
                     // producer's `init_transactions` aborts the transaction and returns only
-                    // once it is complete, so the tails this run reads are decided.
+                    // once it is complete, so the tails this run reads are decided. A producer
+                    // that aborted is never used again, even with confirms of it outstanding
+                    // (its retries would carry the aborted batches' sequence numbers).
                     tracing::info!(
-                        "an earlier run left a Kafka transaction open; a new producer ends it"
+                        "an earlier run left a Kafka transaction open or aborted; a new producer ends it"
                     );
                     self.replace_transactional_producer()?;
                 }
@@ -464,4 +466,96 @@ fn producer(
     config
         .create_with_context(RelayContext::new(Arc::clone(health)))
         .map_err(|source| KafkaSinkError::Config { source: Box::new(source) })
+}
+
+/// Against the test broker (`scripts/services.sh up`; `OUTBOX_RELAY_TEST_KAFKA`).
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use outbox_relay_core::{Fields, PayloadKind, Position};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    use super::*;
+    use crate::TransactionSettings;
+
+    fn message(topic: &str, seq: i64, payload: usize) -> Message {
+        Message {
+            id: format!("m{seq}"),
+            position: Position::Poll { seq },
+            destination: topic.into(),
+            key: Some("k".into()),
+            headers: Vec::new(),
+            payload: Some(Bytes::from(vec![b'x'; payload])),
+            payload_kind: PayloadKind::Binary,
+            fields: Fields::default(),
+            own_headers: 0,
+            possible_replay: false,
+            redrive: false,
+            cloudevent: None,
+        }
+    }
+
+    /// A topic that refuses records over 10 kB: a bigger one fails its transaction, which is
+    /// then aborted.
+    async fn small_record_topic(brokers: &str) -> String {
+        let topic = format!("tx_abort_{}_{:08x}", std::process::id(), rand_suffix());
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+        let new =
+            NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "10000");
+        let created = admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+        topic
+    }
+
+    fn rand_suffix() -> u32 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+    }
+
+    #[tokio::test]
+    async fn a_run_after_an_abort_never_uses_the_producer_that_aborted() {
+        let brokers = std::env::var("OUTBOX_RELAY_TEST_KAFKA")
+            .expect("OUTBOX_RELAY_TEST_KAFKA: run `scripts/test.sh` (it starts Kafka)");
+        let topic = small_record_topic(&brokers).await;
+        let mut sink = KafkaSink::new(KafkaOptions {
+            brokers,
+            // The client would refuse the big record itself; the broker must.
+            properties: [("message.max.bytes".to_owned(), "1000000".to_owned())].into(),
+            max_message_bytes: 500_000,
+            metadata_timeout: Duration::from_secs(10),
+            pipeline: "abort-test".into(),
+            delivery: Delivery::Transactional,
+            transactional_id: topic.clone(),
+            transactions: TransactionSettings {
+                interval: Duration::from_millis(200),
+                max_messages: 1000,
+                timeout: Duration::from_secs(10),
+            },
+        })
+        .unwrap();
+        sink.begin_run(16).await.unwrap();
+        let aborting = sink.producer.client().native_ptr() as usize;
+
+        // One transaction: a record the broker takes, one it refuses. The first one's confirm
+        // is kept, unresolved, as a round cut short by a source failure leaves it.
+        let kept = sink.send(&message(&topic, 1, 100)).await.unwrap();
+        let refused = sink.send(&message(&topic, 2, 50_000)).await.unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(30), refused).await.unwrap();
+        assert!(error.is_err(), "the broker refuses a record over max.message.bytes");
+        assert!(sink.transactions.as_ref().unwrap().unfit_for_a_run().await, "it aborted");
+
+        sink.begin_run(16).await.unwrap();
+        assert_ne!(
+            sink.producer.client().native_ptr() as usize,
+            aborting,
+            "a new run sends with a new producer"
+        );
+        let confirm = sink.send(&message(&topic, 3, 100)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), confirm).await.unwrap().unwrap();
+        let kept = tokio::time::timeout(Duration::from_secs(30), kept).await.unwrap();
+        assert!(kept.is_err(), "the aborted transaction's other record is not confirmed");
+    }
 }

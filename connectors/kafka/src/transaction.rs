@@ -209,9 +209,11 @@ impl Transactions {
         self.absent.insert(id, position);
     }
 
-    /// Whether a transaction is open (an earlier run of this process left it).
-    pub(crate) async fn holds_open(&self) -> bool {
-        self.book.lock().await.open.is_some()
+    /// Whether a transaction is open (an earlier run of this process left it), or this
+    /// producer is done for (it aborted a transaction or failed for good): either way a new run
+    /// needs a new producer, whose `init_transactions` completes what this one left.
+    pub(crate) async fn unfit_for_a_run(&self) -> bool {
+        self.renew.load(Ordering::Acquire) || self.book.lock().await.open.is_some()
     }
 
     /// A run starts: fences older producers of this `transactional.id` (first time only;
@@ -221,9 +223,6 @@ impl Transactions {
     pub(crate) async fn begin_run(&self) -> Result<(), KafkaSinkError> {
         let mut book = self.book.lock().await;
         self.initialise(&mut book).await?;
-        if matches!(book.broken, Some(Ended::Aborted(_))) {
-            book.broken = None;
-        }
         Ok(())
     }
 
