@@ -4,26 +4,16 @@ use crate::support;
 
 use std::time::Duration;
 
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, fresh_database};
-use support::rabbit::{drain, topology};
+use support::rabbit::drain;
 use support::relay::{command, migrate, Relay};
 use support::{free_port, services, unique, wait_for};
 use tokio_postgres::Client;
 
-fn kafka_config(db: &str, brokers: &str, topic_prefix: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-metadata_timeout = "1s"
-[route]
-topic = "{topic_prefix}.${{aggregatetype}}"
-"#
-    )
+fn kafka_config(db: &str, brokers: &str, topic_prefix: &str) -> RelayConfig {
+    RelayConfig::kafka_at(db, brokers, topic_prefix).sink("metadata_timeout", "1s")
 }
 
 /// Inserts rows one statement at a time (so `seq` follows the list); returns their ids.
@@ -85,7 +75,7 @@ async fn an_unreachable_kafka_broker_is_explained_and_rows_stay_until_it_answers
     let services = services();
     let db = fresh_database("unreachable").await;
     let dead = format!("127.0.0.1:{}", free_port());
-    let config = kafka_config(&db, &dead, &unique("unreach"));
+    let config = kafka_config(&db, &dead, &unique("unreach")).to_string();
     migrate(&config).await;
 
     let out = command(&config, &["check"]).await;
@@ -120,16 +110,8 @@ async fn an_unreachable_kafka_broker_is_explained_and_rows_stay_until_it_answers
 async fn an_unreachable_rabbitmq_is_explained() {
     let db = fresh_database("unreachable_amqp").await;
     let port = free_port();
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[sink]
-kind = "rabbitmq"
-url = "amqp://guest:guest@127.0.0.1:{port}/%2f"
-connect_timeout = "2s"
-"#
-    );
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let config = RelayConfig::rabbitmq_at(&db, &url, "x").sink("connect_timeout", "2s").to_string();
     migrate(&config).await;
     let out = command(&config, &["check"]).await;
     assert!(!out.status.success());
@@ -145,7 +127,8 @@ connect_timeout = "2s"
 async fn a_missing_outbox_table_or_schema_fails_with_what_to_run() {
     let services = services();
     let db = fresh_database("missing_table").await;
-    let config = kafka_config(&db, &services.kafka, "missing");
+    let configured = kafka_config(&db, &services.kafka, "missing");
+    let config = configured.to_string();
 
     // Nothing migrated yet.
     let out = command(&config, &["run"]).await;
@@ -161,7 +144,7 @@ async fn a_missing_outbox_table_or_schema_fails_with_what_to_run() {
 
     // Migrated, but the config names another table.
     migrate(&config).await;
-    let other = format!("{config}\n[source]\ntable = \"public.events\"\n");
+    let other = configured.source("table", "public.events").to_string();
     let out = command(&other, &["run"]).await;
     assert_eq!(out.status.code(), Some(3));
     assert!(
@@ -193,7 +176,7 @@ async fn a_null_key_halts_naming_the_row_and_nothing_from_it_on_is_deleted() {
     let db = fresh_database("null_key").await;
     let prefix = unique("nullkey");
     create_topic(&services.kafka, &format!("{prefix}.order"), 2).await;
-    let config = format!("{}key = \"${{tenant}}\"\n", kafka_config(&db, &services.kafka, &prefix));
+    let config = kafka_config(&db, &services.kafka, &prefix).route("key", "${tenant}").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.batch_execute("alter table outbox add column tenant text").await.unwrap();
@@ -258,7 +241,7 @@ async fn an_oversize_message_halts_naming_the_row_kafka() {
     let db = fresh_database("oversize_kafka").await;
     let prefix = unique("big");
     create_topic(&services.kafka, &format!("{prefix}.order"), 1).await;
-    let config = kafka_config(&db, &services.kafka, &prefix);
+    let config = kafka_config(&db, &services.kafka, &prefix).to_string();
     let ids = halts_on_an_oversize_row(&db, &config, "1000000").await;
     let delivered = read_all(&services.kafka, &format!("{prefix}.order")).await;
     let delivered: Vec<&str> =
@@ -271,21 +254,10 @@ async fn an_oversize_message_halts_naming_the_row_rabbitmq() {
     let services = services();
     let db = fresh_database("oversize_amqp").await;
     let prefix = unique("bigamqp");
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[sink]
-kind = "rabbitmq"
-url = "{amqp}"
-max_message_bytes = 1048576
-{topology}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        topology = topology(&prefix, "direct", &[&prefix], "a"),
-        amqp = services.amqp
-    );
+    let config = RelayConfig::rabbitmq(&db, &prefix)
+        .sink("max_message_bytes", 1_048_576)
+        .topology(&prefix, "direct", &[&prefix], "a")
+        .to_string();
     let ids = halts_on_an_oversize_row(&db, &config, "1048576").await;
     let delivered = drain(&services.amqp, &prefix).await;
     let delivered: Vec<&str> = delivered.iter().map(|d| d.message_id.as_deref().unwrap()).collect();
@@ -298,20 +270,9 @@ async fn an_unroutable_message_halts_naming_the_row_rabbitmq() {
     let db = fresh_database("unroutable").await;
     let prefix = unique("unroutable");
     // Only routing key "a" reaches a queue.
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[sink]
-kind = "rabbitmq"
-url = "{amqp}"
-{topology}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        topology = topology(&prefix, "direct", &[&prefix], "a"),
-        amqp = services.amqp
-    );
+    let config = RelayConfig::rabbitmq(&db, &prefix)
+        .topology(&prefix, "direct", &[&prefix], "a")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let ids = insert(&client, &[("a", "{}"), ("nobody-listens", "{}"), ("a", "{}")]).await;

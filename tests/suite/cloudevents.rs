@@ -13,21 +13,23 @@ use base64::Engine as _;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use serde_json::{json, Value};
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::topology;
 use support::relay::{migrate, Relay};
 use support::{services, unique, wait_for};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn config(db: &str, prefix: &str, sink: &str, mode: &str) -> String {
-    format!(
-        "[postgres]\nurl = \"{db}\"\n[pipeline]\nretry_max_backoff = \"1s\"\n{sink}\n[route]\n\
-         topic = \"{prefix}.${{aggregatetype}}\"\ntraceparent = \"${{traceparent}}\"\n\
-         tracestate = \"${{tracestate}}\"\n[route.cloudevents]\nmode = \"{mode}\"\n\
-         source = \"/orders-service\"\ntime = \"${{created_at}}\"\n"
-    )
+/// `sink` with trace context and CloudEvents in `mode`.
+fn config(sink: RelayConfig, mode: &str) -> String {
+    sink.pipeline("retry_max_backoff", "1s")
+        .route("traceparent", "${traceparent}")
+        .route("tracestate", "${tracestate}")
+        .set("route.cloudevents", "mode", mode)
+        .set("route.cloudevents", "source", "/orders-service")
+        .set("route.cloudevents", "time", "${created_at}")
+        .to_string()
 }
 
 /// Runs the relay on three entries until they are delivered.
@@ -115,8 +117,7 @@ async fn kafka_messages_are_cloudevents_the_sdk_reads_in_both_modes_with_trace_c
         let prefix = unique(&format!("cekafka{mode}"));
         let topic = format!("{prefix}.order");
         create_topic(&services().kafka, &topic, 1).await;
-        let sink = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
-        deliver(&db, &config(&db, &prefix, &sink, mode)).await;
+        deliver(&db, &config(RelayConfig::kafka(&db, &prefix), mode)).await;
 
         let records: Vec<_> =
             read_all(&services().kafka, &topic).await.into_iter().flatten().collect();
@@ -162,13 +163,13 @@ async fn rabbitmq_messages_are_cloudevents_the_sdk_reads_in_both_modes_with_trac
         let prefix = unique(&format!("cerabbit{mode}"));
         let queue = format!("{prefix}.q");
         // WAL tailing here (polling on Kafka): the walsender renders dates as the relay asks too.
-        let sink = format!(
-            "[source]\nmode = \"wal\"\nslot = \"{}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}",
-            unique("slot"),
-            services().amqp,
-            topology(&prefix, "fanout", &[&queue], "")
+        let sink = RelayConfig::rabbitmq(&db, &prefix).wal(&unique("slot")).topology(
+            &prefix,
+            "fanout",
+            &[&queue],
+            "",
         );
-        deliver(&db, &config(&db, &prefix, &sink, mode)).await;
+        deliver(&db, &config(sink, mode)).await;
 
         let connection = support::rabbit::connect(&services().amqp).await;
         let channel = connection.create_channel().await.unwrap();
@@ -220,13 +221,11 @@ async fn the_relays_publish_and_confirm_spans_reach_an_otlp_collector_in_the_ent
     let prefix = unique("otlp");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = format!(
-        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n[route]\n\
-         topic = \"{prefix}.${{aggregatetype}}\"\ntraceparent = \"${{traceparent}}\"\n\
-         [telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"relay-under-test\"\n",
-        services().kafka,
-        collector.endpoint
-    );
+    let config = RelayConfig::kafka(&db, &prefix)
+        .route("traceparent", "${traceparent}")
+        .set("telemetry", "otlp_endpoint", collector.endpoint.as_str())
+        .set("telemetry", "service_name", "relay-under-test")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";

@@ -16,9 +16,10 @@ use outbox_relay_inbox::Inbox;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::check::{kafka_streams, verify, Delivered};
+use support::config::RelayConfig;
 use support::kafka::{create_topic, java_partition, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, two_hashed_queues, Delivery};
+use support::rabbit::{drain, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Committed, Workload};
 use support::{services, unique, wait_for};
@@ -90,24 +91,12 @@ async fn recognised(relay: &Relay) -> u64 {
     relay.metric("outbox_relay_replays_recognised_total").await.unwrap_or(0.0) as u64
 }
 
-fn config(db: &str, mode: &str, slot: &str, sink: &str, prefix: &str) -> String {
-    format!(
-        "[postgres]\nurl = \"{db}\"\n[source]\nmode = \"{mode}\"\nslot = \"{slot}\"\n{sink}\n\
-         [route]\ntopic = \"{prefix}.${{aggregatetype}}\"\n"
-    )
-}
-
 async fn kafka_case(mode: &str, delivery: &str, seed: u64) {
     let db = fresh_database(&format!("crash_kafka_{mode}")).await;
     let (slot, prefix) = (unique("slot"), unique("ck"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, PARTITIONS).await;
-    let sink = format!(
-        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n{}",
-        services().kafka,
-        support::kafka_delivery(delivery)
-    );
-    let config = config(&db, mode, &slot, &sink, &prefix);
+    let config = RelayConfig::kafka(&db, &prefix).mode(mode, &slot).delivery(delivery).to_string();
     let (committed, mut relay, kills) = with_kills(&db, &config, seed).await;
     let partitions = read_all(&services().kafka, &topic).await;
     let outcome = verify(&kafka_streams(&partitions), &committed, false);
@@ -135,8 +124,10 @@ async fn kafka_case(mode: &str, delivery: &str, seed: u64) {
 async fn rabbit_case(mode: &str, seed: u64) {
     let db = fresh_database(&format!("crash_rabbit_{mode}")).await;
     let (slot, prefix) = (unique("slot"), unique("cr"));
-    let sink = two_hashed_queues(&services().amqp, &prefix);
-    let config = config(&db, mode, &slot, &sink, &prefix);
+    let config = RelayConfig::rabbitmq(&db, &prefix)
+        .mode(mode, &slot)
+        .two_hashed_queues(&prefix)
+        .to_string();
     let (committed, mut relay, kills) = with_kills(&db, &config, seed).await;
     let mut queues = Vec::new();
     for q in 0..2 {

@@ -7,54 +7,29 @@ use std::time::Duration;
 
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, topology};
+use support::rabbit::drain;
 use support::relay::{command, migrate, Relay};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
-fn kafka_config(db: &str, prefix: &str, same_key: &str, extra: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-on_poison = "dead-letter"
-dead_letter_same_key = "{same_key}"
-retry_max_backoff = "1s"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-metadata_timeout = "2s"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-{extra}
-"#,
-        brokers = services().kafka
-    )
+/// Poison becomes a dead letter; later entries of its key wait (`"wait"`) or go on.
+fn kafka_config(db: &str, prefix: &str, same_key: &str) -> RelayConfig {
+    RelayConfig::kafka(db, prefix)
+        .pipeline("on_poison", "dead-letter")
+        .pipeline("dead_letter_same_key", same_key)
+        .pipeline("retry_max_backoff", "1s")
+        .sink("metadata_timeout", "2s")
 }
 
-/// RabbitMQ, dead letters: a direct exchange `<prefix>.order` whose queue `<prefix>` is bound
-/// by routing key `a` only.
 fn rabbit_config(db: &str, prefix: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-on_poison = "dead-letter"
-retry_max_backoff = "1s"
-[sink]
-kind = "rabbitmq"
-url = "{amqp}"
-{topology}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        topology = topology(prefix, "direct", &[prefix], "a"),
-        amqp = services().amqp
-    )
+    RelayConfig::rabbitmq(db, prefix)
+        .pipeline("on_poison", "dead-letter")
+        .pipeline("retry_max_backoff", "1s")
+        .topology(prefix, "direct", &[prefix], "a")
+        .to_string()
 }
 
 /// Binds queue `<prefix>` to exchange `<prefix>.order` by `routing_key` too.
@@ -116,7 +91,9 @@ async fn poison_rows_are_set_aside_the_rest_flows_and_redrive_delivers_after_a_f
     let prefix = unique("dlq");
     let (orders, missing) = (format!("{prefix}.order"), format!("{prefix}.missing"));
     create_topic(&services().kafka, &orders, 1).await;
-    let config = kafka_config(&db, &prefix, "continue", "[route.headers]\ntenant = \"${tenant}\"");
+    let config = kafka_config(&db, &prefix, "continue")
+        .set("route.headers", "tenant", "${tenant}")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.batch_execute("alter table outbox add column tenant text default 'acme'").await.unwrap();
@@ -184,7 +161,7 @@ async fn with_wait_later_entries_of_the_key_are_held_and_redriven_in_order() {
     let prefix = unique("dlqwait");
     let (orders, missing) = (format!("{prefix}.order"), format!("{prefix}.missing"));
     create_topic(&services().kafka, &orders, 1).await;
-    let config = kafka_config(&db, &prefix, "wait", "");
+    let config = kafka_config(&db, &prefix, "wait").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let a1 = row(&client, "order", "a", "{}").await;
@@ -262,10 +239,7 @@ async fn an_undecodable_logical_message_is_set_aside_with_its_reason() {
     let (slot, prefix) = (unique("slot"), unique("dlqwal"));
     let orders = format!("{prefix}.order");
     create_topic(&services().kafka, &orders, 1).await;
-    let config = format!(
-        "{}\n[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
-        kafka_config(&db, &prefix, "continue", "")
-    );
+    let config = kafka_config(&db, &prefix, "continue").wal(&slot).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -318,7 +292,8 @@ async fn an_entry_committed_before_the_redrive_still_follows_the_redriven_ones()
     let prefix = unique("dlqorder");
     let orders = format!("{prefix}.order");
     create_topic(&services().kafka, &orders, 1).await;
-    let config = kafka_config(&db, &prefix, "wait", "[route.headers]\ntenant = \"${tenant}\"");
+    let config =
+        kafka_config(&db, &prefix, "wait").set("route.headers", "tenant", "${tenant}").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.batch_execute("alter table outbox add column tenant text default 'acme'").await.unwrap();
@@ -394,10 +369,7 @@ async fn letters(client: &Client) -> Vec<(String, String, Option<String>)> {
 }
 
 fn wal_config(db: &str, prefix: &str, slot: &str, same_key: &str) -> String {
-    format!(
-        "{}\n[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
-        kafka_config(db, prefix, same_key, "key = \"${aggregateid}\"")
-    )
+    kafka_config(db, prefix, same_key).route("key", "${aggregateid}").wal(slot).to_string()
 }
 
 /// Two entries with one id are two dead letters; poison of a held key waits behind the key's

@@ -8,6 +8,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::check::{kafka_streams, verify};
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::proxy::Proxy;
@@ -19,23 +20,12 @@ use support::{services, unique, wait_for};
 const HANDOVER_MAX: Duration = Duration::from_secs(10);
 
 fn config(db: &str, prefix: &str, delivery: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-retry_max_backoff = "2s"
-standby_retry = "1s"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-metadata_timeout = "2s"
-{delivery}[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        brokers = services().kafka,
-        delivery = support::kafka_delivery(delivery)
-    )
+    RelayConfig::kafka(db, prefix)
+        .pipeline("retry_max_backoff", "2s")
+        .pipeline("standby_retry", "1s")
+        .sink("metadata_timeout", "2s")
+        .delivery(delivery)
+        .to_string()
 }
 
 async fn state(relay: &Relay) -> Option<String> {

@@ -5,49 +5,31 @@ use crate::support;
 
 use std::time::Duration;
 
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all, Record};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, topology};
+use support::rabbit::drain;
 use support::relay::{command, migrate, Relay};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
-/// A config: `source` and `sink` are TOML sections, `extra` goes at the end.
-fn config(db: &str, prefix: &str, source: &str, sink: &str, extra: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-on_poison = "dead-letter"
-retry_max_backoff = "1s"
-{source}
-{sink}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-{extra}
-"#
-    )
+/// Poison becomes a dead letter (tests that want a halt say so), short backoffs.
+fn relay(sink: RelayConfig) -> RelayConfig {
+    sink.pipeline("on_poison", "dead-letter").pipeline("retry_max_backoff", "1s")
 }
 
-fn wal(slot: &str) -> String {
-    format!("[source]\nmode = \"wal\"\nslot = \"{slot}\"\nheartbeat_interval = \"1s\"\n")
+/// WAL tailing through `slot`, with heartbeats.
+fn wal(config: RelayConfig, slot: &str) -> RelayConfig {
+    config.wal(slot).source("heartbeat_interval", "1s")
 }
 
-fn kafka() -> String {
-    format!(
-        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\nmetadata_timeout = \"2s\"\n",
-        services().kafka
-    )
+fn kafka(db: &str, prefix: &str) -> RelayConfig {
+    relay(RelayConfig::kafka(db, prefix).sink("metadata_timeout", "2s"))
 }
 
 /// RabbitMQ with a direct exchange `<prefix>.order` and a queue `<prefix>` bound by `key`.
-fn rabbitmq(prefix: &str, key: &str) -> String {
-    format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}",
-        services().amqp,
-        topology(prefix, "direct", &[prefix], key)
-    )
+fn rabbitmq(db: &str, prefix: &str, key: &str) -> RelayConfig {
+    relay(RelayConfig::rabbitmq(db, prefix).topology(prefix, "direct", &[prefix], key))
 }
 
 async fn drop_slot(slot: &str) {
@@ -126,10 +108,11 @@ const FORGED: [&str; 3] = [
 ];
 const HONEST: &str = r#"{"id": "honest", "aggregatetype": "order", "aggregateid": "j", "type": "T", "payload": {}, "headers": {"tenant": "acme"}}"#;
 
-async fn forged_headers_are_set_aside(sink: &str, prefix: &str, slot: &str, db: &str) -> Client {
-    let config = config(db, prefix, &wal(slot), sink, "key = \"${aggregateid}\"");
+async fn forged_headers_are_set_aside(sink: RelayConfig, slot: &str, db: &str) -> Client {
+    let configured = wal(sink, slot).route("key", "${aggregateid}");
+    let config = configured.to_string();
     // A route header cannot claim a reserved name either.
-    let bad = format!("{config}[route.headers]\n\"outbox-pipeline\" = \"${{type}}\"\n");
+    let bad = configured.set("route.headers", "outbox-pipeline", "${type}").to_string();
     let out = command(&bad, &["check"]).await;
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("\"outbox-pipeline\" is reserved"), "{out:?}");
@@ -157,7 +140,7 @@ async fn headers_forging_the_relays_own_are_poison_on_kafka() {
     let (slot, prefix) = (unique("slot"), unique("forgedk"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    forged_headers_are_set_aside(&kafka(), &prefix, &slot, &db).await;
+    forged_headers_are_set_aside(kafka(&db, &prefix), &slot, &db).await;
     let got = records(&topic).await;
     assert_eq!(got.len(), 1, "only the honest message is published: {got:?}");
     assert_eq!(got[0].header("id"), Some("honest"));
@@ -169,7 +152,7 @@ async fn headers_forging_the_relays_own_are_poison_on_kafka() {
 async fn headers_forging_the_relays_own_are_poison_on_rabbitmq() {
     let db = fresh_database("forged_amqp").await;
     let (slot, prefix) = (unique("slot"), unique("forgedr"));
-    forged_headers_are_set_aside(&rabbitmq(&prefix, "j"), &prefix, &slot, &db).await;
+    forged_headers_are_set_aside(rabbitmq(&db, &prefix, "j"), &slot, &db).await;
     let got = drain(&services().amqp, &prefix).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].message_id.as_deref(), Some("honest"));
@@ -182,7 +165,7 @@ async fn a_non_transactional_outbox_message_halts_naming_it() {
     let db = fresh_database("nontx").await;
     let (slot, prefix) = (unique("slot"), unique("nontx"));
     create_topic(&services().kafka, &format!("{prefix}.order"), 1).await;
-    let config = config(&db, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    let config = wal(kafka(&db, &prefix), &slot).pipeline("on_poison", "halt").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -205,7 +188,7 @@ async fn a_non_transactional_outbox_message_halts_naming_it() {
 async fn a_publication_that_filters_the_outbox_is_refused() {
     let db = fresh_database("pubfilter").await;
     let (slot, prefix) = (unique("slot"), unique("pubf"));
-    let config = config(&db, &prefix, &wal(&slot), &kafka(), "");
+    let config = wal(kafka(&db, &prefix), &slot).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     for (filter, problem) in [
@@ -239,7 +222,7 @@ async fn a_publication_that_filters_the_outbox_is_refused() {
 async fn polling_refuses_a_seq_stamp_it_cannot_prove_gap_free() {
     let db = fresh_database("seqstamp").await;
     let prefix = unique("seqstamp");
-    let config = config(&db, &prefix, "", &kafka(), "");
+    let config = kafka(&db, &prefix).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -294,7 +277,7 @@ async fn bytea_payloads_arrive_intact_with_bytea_output_escape() {
     let (slot, prefix) = (unique("slot"), unique("escape"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    let config = wal(kafka(&db, &prefix), &slot).pipeline("on_poison", "halt").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let name = db.rsplit('/').next().unwrap();
@@ -341,7 +324,7 @@ async fn a_recreated_outbox_table_is_followed_and_one_left_out_of_the_publicatio
     let (slot, prefix) = (unique("slot"), unique("recreated"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    let config = wal(kafka(&db, &prefix), &slot).pipeline("on_poison", "halt").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
@@ -401,7 +384,7 @@ async fn text_that_is_not_utf8_is_set_aside_as_hex_not_a_crash() {
     let prefix = unique("sqlascii");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &prefix, "", &kafka(), "key = \"${aggregateid}\"");
+    let config = kafka(&db, &prefix).route("key", "${aggregateid}").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -442,8 +425,7 @@ async fn a_half_open_replication_connection_is_reopened() {
     let (slot, prefix) = (unique("slot"), unique("halfopen"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config =
-        config(&via_proxy, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt");
+    let config = wal(kafka(&via_proxy, &prefix), &slot).pipeline("on_poison", "halt").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -547,9 +529,8 @@ async fn postgres_tls_verifies_the_server_and_presents_a_client_certificate() {
     let (slot, prefix) = (unique("slot"), unique("tls"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let with_url = |url: String| {
-        config(&url, &prefix, &wal(&slot), &kafka(), "").replace("dead-letter", "halt")
-    };
+    let with_url =
+        |url: String| wal(kafka(&url, &prefix), &slot).pipeline("on_poison", "halt").to_string();
 
     // Refused: a server certificate from another CA; the right CA but no client certificate;
     // verify-full to an address the certificate does not name.
@@ -646,40 +627,37 @@ async fn rabbitmq_tls_with_a_custom_ca_and_a_client_certificate() {
     let db = fresh_database("amqps").await;
     let prefix = unique("amqps");
     let file = |name: &str| dir.join(name).display().to_string();
-    let sink = |tls: &str| {
-        format!(
-            "[sink]\nkind = \"rabbitmq\"\nurl = \"amqps://guest:guest@localhost:{tls_port}/%2f\"\n\
-             connect_timeout = \"5s\"\n{tls}{}",
-            topology(&prefix, "direct", &[&prefix], "k")
-        )
+    let url = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    // `[sink]` TLS keys and their files.
+    let with = |tls: &[(&str, String)]| {
+        let sink = RelayConfig::rabbitmq_at(&db, &url, &prefix)
+            .sink("connect_timeout", "5s")
+            .topology(&prefix, "direct", &[&prefix], "k");
+        let sink = tls.iter().fold(sink, |sink, (key, file)| sink.sink(key, file.as_str()));
+        relay(sink).route("key", "${aggregateid}").to_string()
     };
-    let with = |tls: &str| config(&db, &prefix, "", &sink(tls), "key = \"${aggregateid}\"");
-    let ca = format!("tls_ca_file = \"{}\"\n", file("ca.crt"));
-    let identity = format!(
-        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-        file("client.crt"),
-        file("client.key")
-    );
-    let out =
-        command(&with(&format!("tls_cert_file = \"{}\"\n", file("client.crt"))), &["check"]).await;
+    let ca = vec![("tls_ca_file", file("ca.crt"))];
+    let identity =
+        vec![("tls_cert_file", file("client.crt")), ("tls_key_file", file("client.key"))];
+    let both: Vec<_> = ca.iter().chain(&identity).cloned().collect();
+    let out = command(&with(&[("tls_cert_file", file("client.crt"))]), &["check"]).await;
     assert!(out.stderr.contains("sink.tls_cert_file and sink.tls_key_file go together"), "{out:?}");
-    let out =
-        command(&with(&format!("tls_ca_file = \"{}/none.crt\"\n", dir.display())), &["check"])
-            .await;
+    let none = format!("{}/none.crt", dir.display());
+    let out = command(&with(&[("tls_ca_file", none)]), &["check"]).await;
     assert!(
         !out.status.success() && format!("{out:?}").contains("cannot read sink.tls_ca_file"),
         "{out:?}"
     );
 
-    migrate(&with(&format!("{ca}{identity}"))).await;
+    migrate(&with(&both)).await;
     // Refused: the broker's CA unknown to the relay; no client certificate for the broker.
     for (tls, why) in [(identity.clone(), "UnknownIssuer"), (ca.clone(), "[FAIL] rabbitmq")] {
         let out = command(&with(&tls), &["check"]).await;
-        assert!(!out.status.success(), "{tls}: {out:?}");
-        assert!(format!("{}{}", out.stdout, out.stderr).contains(why), "{tls}: {out:?}");
+        assert!(!out.status.success(), "{tls:?}: {out:?}");
+        assert!(format!("{}{}", out.stdout, out.stderr).contains(why), "{tls:?}: {out:?}");
     }
 
-    let config = with(&format!("{ca}{identity}"));
+    let config = with(&both);
     let client = connect(&db).await;
     client.execute(INSERT_ONE, &[]).await.unwrap();
     let relay = Relay::spawn(&config);
@@ -712,15 +690,14 @@ async fn kafka_tls_properties_pass_through_to_a_tls_listener() {
     create_topic(&kafka.brokers(), &topic, 1).await;
 
     let db = fresh_database("kafkatls").await;
-    let sink = |trusted: &std::path::Path| {
-        format!(
-            "[sink]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:{tls_port}\"\nmetadata_timeout = \"5s\"\n\
-             [sink.properties]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n\
-             \"ssl.certificate.location\" = \"{client_crt}\"\n\"ssl.key.location\" = \"{client_key}\"\n",
-            trusted.display()
-        )
-    };
-    let config = config(&db, &prefix, "", &sink(&ca_crt), "").replace("dead-letter", "halt");
+    let config = relay(RelayConfig::kafka_at(&db, &format!("127.0.0.1:{tls_port}"), &prefix))
+        .sink("metadata_timeout", "5s")
+        .set("sink.properties", "security.protocol", "ssl")
+        .set("sink.properties", "ssl.ca.location", ca_crt.display().to_string())
+        .set("sink.properties", "ssl.certificate.location", client_crt.as_str())
+        .set("sink.properties", "ssl.key.location", client_key.as_str())
+        .pipeline("on_poison", "halt")
+        .to_string();
     migrate(&config).await;
     let wrong_ca = config.replace(
         &ca_crt.display().to_string(),
@@ -753,12 +730,11 @@ async fn a_rabbitmq_publish_that_timed_out_never_lands_after_its_resend() {
     let (server, vhost) = rest.split_once('/').unwrap_or((rest, ""));
     let proxy = support::proxy::Proxy::start(server).await;
     let via_proxy = format!("{user_info}@{}/{vhost}", proxy.address());
-    let sink = format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"{via_proxy}\"\nconnect_timeout = \"2s\"\n{}",
-        topology(&prefix, "direct", &[&prefix], "k")
-    );
+    let sink = RelayConfig::rabbitmq_at(&db, &via_proxy, &prefix)
+        .sink("connect_timeout", "2s")
+        .topology(&prefix, "direct", &[&prefix], "k");
     let config =
-        config(&db, &prefix, "", &sink, "key = \"${aggregateid}\"").replace("dead-letter", "halt");
+        relay(sink).route("key", "${aggregateid}").pipeline("on_poison", "halt").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.execute(INSERT_ONE, &[]).await.unwrap();
@@ -807,7 +783,7 @@ async fn a_rabbitmq_publish_that_timed_out_never_lands_after_its_resend() {
 /// flight) the relay holds a few batches of at most 16 MiB each, not the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_are_read_in_bounded_memory() {
-    large_payloads_in_bounded_memory("large", |_| String::new()).await;
+    large_payloads_in_bounded_memory("large", |config, _| config).await;
 }
 
 /// The same through WAL tailing: the 240 entries are one transaction the server sends at once,
@@ -818,12 +794,16 @@ async fn large_payloads_are_read_in_bounded_memory_from_the_wal() {
     large_payloads_in_bounded_memory("largewal", wal).await;
 }
 
-async fn large_payloads_in_bounded_memory(name: &str, source: fn(&str) -> String) {
+async fn large_payloads_in_bounded_memory(
+    name: &str,
+    source: fn(RelayConfig, &str) -> RelayConfig,
+) {
     let db = fresh_database(name).await;
     let (slot, prefix) = (unique("slot"), unique(name));
-    let config =
-        config(&db, &prefix, &source(&slot), &rabbitmq(&prefix, "k"), "key = \"${aggregateid}\"")
-            .replace("dead-letter", "halt");
+    let config = source(rabbitmq(&db, &prefix, "k"), &slot)
+        .route("key", "${aggregateid}")
+        .pipeline("on_poison", "halt")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     insert_blobs(&client, 240, 1953).await;
@@ -836,7 +816,7 @@ async fn large_payloads_in_bounded_memory(name: &str, source: fn(&str) -> String
     assert!(peak_kib < 320 * 1024, "peak RSS {peak_kib} KiB is over 320 MiB");
     stop(relay).await;
     support::rabbit::drain(&services().amqp, &prefix).await;
-    if source(&slot).contains("wal") {
+    if config.contains("mode = \"wal\"") {
         drop_slot(&slot).await;
     }
 }
@@ -850,7 +830,7 @@ async fn a_server_that_turned_read_only_is_waited_for() {
     let prefix = unique("readonly");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &prefix, "", &kafka(), "").replace("dead-letter", "halt");
+    let config = kafka(&db, &prefix).pipeline("on_poison", "halt").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \

@@ -6,17 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use outbox_relay_inbox::{Inbox, InboxError, Processed};
+use support::config::RelayConfig;
 use support::pg::{connect, count, fresh_database};
 use support::relay::migrate;
-use support::services;
 
 async fn inbox_database() -> String {
     let db = fresh_database("inbox").await;
-    migrate(&format!(
-        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n",
-        services().kafka
-    ))
-    .await;
+    migrate(&RelayConfig::kafka(&db, "inbox").to_string()).await;
     connect(&db).await.batch_execute("create table effects (message_id text)").await.unwrap();
     db
 }

@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use support::brokers::KafkaCluster;
 use support::check::{kafka_streams, verify};
+use support::config::RelayConfig;
 use support::kafka::{create_replicated_topic, create_topic, java_partition, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::relay::{command, migrate, Relay};
@@ -23,24 +24,11 @@ use support::workload::{self, Workload};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
-fn config(db: &str, brokers: &str, mode: &str, slot: &str, prefix: &str, sink: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-retry_max_backoff = "1s"
-[source]
-mode = "{mode}"
-slot = "{slot}"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-{sink}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#
-    )
+fn config(db: &str, brokers: &str, mode: &str, slot: &str, prefix: &str) -> RelayConfig {
+    RelayConfig::kafka_at(db, brokers, prefix)
+        .pipeline("retry_max_backoff", "1s")
+        .source("mode", mode)
+        .source("slot", slot)
 }
 
 async fn empty(client: &Client, timeout: Duration) {
@@ -85,7 +73,7 @@ async fn forged_records_suppress_nothing(mode: &str, delivery: &str) {
     let (slot, prefix) = (unique("slot"), unique("fk"));
     let topic = format!("{prefix}.order");
     create_topic(kafka, &topic, 3).await;
-    let config = config(&db, kafka, mode, &slot, &prefix, &support::kafka_delivery(delivery));
+    let config = config(&db, kafka, mode, &slot, &prefix).delivery(delivery).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
 
@@ -157,11 +145,11 @@ async fn a_producer_taking_the_transactional_id_fences_the_relay_which_halts() {
     let topic = format!("{prefix}.order");
     create_topic(kafka, &topic, 3).await;
     let transactional_id = unique("txid");
-    let sink = format!(
-        "delivery = \"transactional\"\ntransactional_id = \"{transactional_id}\"\n\
-         transaction_interval = \"50ms\""
-    );
-    let config = config(&db, kafka, "wal", &slot, &prefix, &sink);
+    let config = config(&db, kafka, "wal", &slot, &prefix)
+        .sink("delivery", "transactional")
+        .sink("transactional_id", transactional_id.as_str())
+        .sink("transaction_interval", "50ms")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let mut relay = Relay::spawn(&config);
@@ -232,8 +220,10 @@ async fn cluster_leader_killed(mode: &str, delivery: &str) {
     let (slot, prefix) = (unique("slot"), unique("kc"));
     let topic = format!("{prefix}.order");
     create_replicated_topic(&brokers, &topic, 4).await;
-    let sink = format!("{}metadata_timeout = \"5s\"", support::kafka_delivery(delivery));
-    let config = config(&db, &brokers, mode, &slot, &prefix, &sink);
+    let config = config(&db, &brokers, mode, &slot, &prefix)
+        .delivery(delivery)
+        .sink("metadata_timeout", "5s")
+        .to_string();
     migrate(&config).await;
     let relay = Relay::spawn(&config);
     let workload = Workload { rows: 8_000, pace: Duration::from_millis(15), ..Workload::default() };

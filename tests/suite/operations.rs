@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, fresh_database};
 use support::relay::{command, migrate, Relay};
@@ -92,24 +93,11 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported_with_postgres_val
     let (slot, prefix) = (unique("slot"), unique("metrics"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-on_poison = "dead-letter"
-[source]
-mode = "wal"
-slot = "{slot}"
-heartbeat_interval = "1s"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        brokers = services().kafka
-    );
+    let config = RelayConfig::kafka(&db, &prefix)
+        .pipeline("on_poison", "dead-letter")
+        .wal(&slot)
+        .source("heartbeat_interval", "1s")
+        .to_string();
     migrate(&config).await;
     let admin = connect(&services().pg).await;
     admin.batch_execute("alter system set max_slot_wal_keep_size = '10GB'").await.unwrap();
@@ -209,18 +197,15 @@ topic = "{prefix}.${{aggregatetype}}"
 async fn exit_codes_tell_a_wrong_config_from_a_database_to_migrate() {
     let db = fresh_database("exits").await;
     let prefix = unique("exits");
-    let config = format!(
-        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n\
-         metadata_timeout = \"2s\"\n[route]\ntopic = \"{prefix}.${{aggregatetype}}\"\n",
-        services().kafka
-    );
+    let configured = RelayConfig::kafka(&db, &prefix).sink("metadata_timeout", "2s");
+    let config = configured.to_string();
     let code = |config: String, args: &'static [&'static str]| async move {
         let out = command(&config, args).await;
         (out.status.code(), out.stderr)
     };
 
-    let (status, stderr) =
-        code(format!("{config}[pipeline]\nmax_in_flight = \"many\"\n"), &["run"]).await;
+    let many = configured.clone().pipeline("max_in_flight", "many").to_string();
+    let (status, stderr) = code(many, &["run"]).await;
     assert_eq!(status, Some(2), "a config that does not parse: {stderr}");
     assert!(stderr.contains("max_in_flight"), "{stderr}");
 
@@ -229,27 +214,23 @@ async fn exit_codes_tell_a_wrong_config_from_a_database_to_migrate() {
     assert!(stderr.contains("outbox-relay migrate"), "{stderr}");
 
     migrate(&config).await;
-    let unknown = config.replace("[route]\n", "[route]\nkey = \"${nope}\"\n");
+    let unknown = configured.clone().route("key", "${nope}").to_string();
     let (status, stderr) = code(unknown, &["run"]).await;
     assert_eq!(status, Some(2), "a route over a column the table lacks: {stderr}");
 
-    let unreachable = config.replace(&services().kafka, "127.0.0.1:1");
+    let unreachable = configured.sink("brokers", "127.0.0.1:1").to_string();
     let (status, stderr) = code(unreachable, &["check"]).await;
     assert_eq!(status, Some(1), "a failed check: {stderr}");
 }
 
-fn doctor_config(db: &str, prefix: &str, source: &str, sink: &str, route: &str) -> String {
-    format!(
-        "[postgres]\nurl = \"{db}\"\n[pipeline]\nretry_max_backoff = \"1s\"\n{source}\n{sink}\n\
-         [route]\ntopic = \"{prefix}.${{aggregatetype}}\"\n{route}\n"
-    )
+fn doctor_config(sink: RelayConfig) -> RelayConfig {
+    sink.pipeline("retry_max_backoff", "1s")
 }
 
 /// `doctor` on four pipelines: a healthy one, one whose broker is down, a halted one, and one
 /// whose slot no relay reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
-    let kafka = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
     let insert = "insert into outbox (id, aggregatetype, aggregateid, type, payload) \
                   values (gen_random_uuid(), 'order', 'k', 'T', '{}')";
 
@@ -257,7 +238,7 @@ async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
     let db = fresh_database("doc_ok").await;
     let prefix = unique("docok");
     create_topic(&services().kafka, &format!("{prefix}.order"), 1).await;
-    let config = doctor_config(&db, &prefix, "", &kafka, "");
+    let config = doctor_config(RelayConfig::kafka(&db, &prefix)).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.execute(insert, &[]).await.unwrap();
@@ -277,11 +258,9 @@ async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
     let db = fresh_database("doc_broker").await;
     let prefix = unique("docbroker");
     let port = support::free_port();
-    let rabbit = format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n\
-         connect_timeout = \"1s\"\n"
-    );
-    let config = doctor_config(&db, &prefix, "", &rabbit, "");
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let rabbit = RelayConfig::rabbitmq_at(&db, &url, &prefix).sink("connect_timeout", "1s");
+    let config = doctor_config(rabbit).to_string();
     migrate(&config).await;
     connect(&db).await.execute(insert, &[]).await.unwrap();
     let relay = Relay::spawn(&config);
@@ -302,7 +281,8 @@ async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
     // Halted on a poison entry (a NULL shard key).
     let db = fresh_database("doc_halt").await;
     let prefix = unique("dochalt");
-    let config = doctor_config(&db, &prefix, "", &kafka, "key = \"${tenant}\"");
+    let config =
+        doctor_config(RelayConfig::kafka(&db, &prefix)).route("key", "${tenant}").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.batch_execute("alter table outbox add column tenant text").await.unwrap();
@@ -319,8 +299,7 @@ async fn doctor_explains_a_stopped_broker_a_halt_and_an_inactive_slot() {
     // A slot no relay reads holds WAL.
     let db = fresh_database("doc_slot").await;
     let (slot, prefix) = (unique("slot"), unique("docslot"));
-    let source = format!("[source]\nmode = \"wal\"\nslot = \"{slot}\"");
-    let config = doctor_config(&db, &prefix, &source, &kafka, "");
+    let config = doctor_config(RelayConfig::kafka(&db, &prefix).wal(&slot)).to_string();
     migrate(&config).await;
     connect(&db).await.execute(insert, &[]).await.unwrap();
     let out = command(&config, &["doctor"]).await;
@@ -350,15 +329,18 @@ async fn the_asyncapi_document_parses_and_describes_the_records_the_relay_sends(
         r#"{"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}"#,
     )
     .unwrap();
-    let config = format!(
-        "[postgres]\nurl = \"{db}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n[route]\n\
-         topic = \"{prefix}.${{aggregatetype}}\"\ntraceparent = \"${{aggregateid}}\"\n\
-         [route.cloudevents]\nmode = \"binary\"\nsource = \"/orders\"\ntime = \"${{created_at}}\"\n\
-         [asyncapi]\ntitle = \"Orders\"\n[[asyncapi.messages]]\ntype = \"OrderCreated\"\n\
-         summary = \"An order was placed.\"\npayload = \"{}\"\n",
-        services().kafka,
-        schema.display()
-    );
+    let schema = schema.display().to_string();
+    let config = RelayConfig::kafka(&db, &prefix)
+        .route("traceparent", "${aggregateid}")
+        .set("route.cloudevents", "mode", "binary")
+        .set("route.cloudevents", "source", "/orders")
+        .set("route.cloudevents", "time", "${created_at}")
+        .set("asyncapi", "title", "Orders")
+        .push(
+            "asyncapi.messages",
+            [("type", "OrderCreated"), ("summary", "An order was placed."), ("payload", &schema)],
+        )
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -448,13 +430,12 @@ async fn replay_resends_a_time_range_in_order_marked_beside_the_running_relay() 
     let prefix = unique("replaykafka");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = format!(
-        "[postgres]\nurl = \"{db}\"\n[source]\nmode = \"poll\"\nafter_publish = \"mark\"\n\
-         poll_interval = \"100ms\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n{}[route]\n\
-         topic = \"{prefix}.${{aggregatetype}}\"\n",
-        services().kafka,
-        support::kafka_delivery("transactional")
-    );
+    let config = RelayConfig::kafka(&db, &prefix)
+        .poll()
+        .source("after_publish", "mark")
+        .source("poll_interval", "100ms")
+        .delivery("transactional")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     minute_apart(&client, 20).await;
@@ -557,14 +538,11 @@ async fn replay_resends_the_rows_wal_tailing_keeps_in_seq_order() {
     let db = fresh_database("replay_wal").await;
     let prefix = unique("replaywal");
     let queue = format!("{prefix}.q");
-    let config = format!(
-        "[postgres]\nurl = \"{db}\"\n[source]\nmode = \"wal\"\nafter_publish = \"keep\"\n\
-         slot = \"{}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}[route]\n\
-         topic = \"{prefix}.${{aggregatetype}}\"\n",
-        unique("slot"),
-        services().amqp,
-        support::rabbit::topology(&prefix, "fanout", &[&queue], "")
-    );
+    let config = RelayConfig::rabbitmq(&db, &prefix)
+        .wal(&unique("slot"))
+        .source("after_publish", "keep")
+        .topology(&prefix, "fanout", &[&queue], "")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     minute_apart(&client, 10).await;

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use support::brokers::{KafkaCluster, RabbitNode};
 use support::check::{kafka_streams, verify, Delivered};
 use support::cluster::Cluster;
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::proxy::Proxy;
-use support::rabbit::{drain, topology, Delivery};
+use support::rabbit::{drain, Delivery};
 use support::relay::{command, migrate, Relay};
 use support::workload::{self, Committed, Workload};
 use support::{services, unique, wait_for};
@@ -85,43 +86,21 @@ async fn stop(mut relay: Relay) {
     assert!(relay.wait(Duration::from_secs(30)).await.success(), "{}", relay.log());
 }
 
-fn kafka_config(db: &str, brokers: &str, prefix: &str, delivery: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[pipeline]
-retry_max_backoff = "2s"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-metadata_timeout = "2s"
-{delivery}[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        delivery = support::kafka_delivery(delivery)
-    )
+fn kafka_config(db: &str, brokers: &str, prefix: &str, delivery: &str) -> RelayConfig {
+    RelayConfig::kafka_at(db, brokers, prefix)
+        .pipeline("retry_max_backoff", "2s")
+        .sink("metadata_timeout", "2s")
+        .delivery(delivery)
 }
 
 /// One queue behind a topic exchange: an x-consistent-hash exchange may move keys to other
 /// queues when the node restarts (rabbitmq-server#3386), which would hide what the relay does.
 fn rabbit_config(db: &str, url: &str, prefix: &str) -> String {
-    format!(
-        r##"
-[postgres]
-url = "{db}"
-[pipeline]
-retry_max_backoff = "2s"
-[sink]
-kind = "rabbitmq"
-url = "{url}"
-connect_timeout = "2s"
-{topology}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"##,
-        topology = topology(prefix, "topic", &[&format!("{prefix}.all")], "#"),
-    )
+    RelayConfig::rabbitmq_at(db, url, prefix)
+        .pipeline("retry_max_backoff", "2s")
+        .sink("connect_timeout", "2s")
+        .topology(prefix, "topic", &[&format!("{prefix}.all")], "#")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -145,7 +124,7 @@ async fn kafka_broker_killed_for_3s_mid_run_transactional_exactly_once() {
     let prefix = unique("okb");
     let topic = format!("{prefix}.order");
     create_topic(&kafka.brokers(), &topic, 4).await;
-    let config = kafka_config(&db, &kafka.brokers(), &prefix, "transactional");
+    let config = kafka_config(&db, &kafka.brokers(), &prefix, "transactional").to_string();
     let (committed, relay) = interrupted_run(&db, &config, async |relay, _| {
         kafka.kill9(1).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -172,7 +151,7 @@ async fn kafka_broker_outage(delivery: &str) {
     let prefix = unique("ok");
     let topic = format!("{prefix}.order");
     create_topic(&kafka.brokers(), &topic, 4).await;
-    let config = kafka_config(&db, &kafka.brokers(), &prefix, delivery);
+    let config = kafka_config(&db, &kafka.brokers(), &prefix, delivery).to_string();
     let mut down_for = Duration::ZERO;
     let (committed, relay) = interrupted_run(&db, &config, async |relay, client| {
         kafka.kill9(1).await;
@@ -245,7 +224,7 @@ async fn relay_killed_mid_run_and_restarted_loses_nothing() {
     let prefix = unique("rk");
     let topic = format!("{prefix}.order");
     create_topic(&services.kafka, &topic, 4).await;
-    let config = kafka_config(&db, &services.kafka, &prefix, "idempotent");
+    let config = kafka_config(&db, &services.kafka, &prefix, "idempotent").to_string();
     let (committed, relay) = interrupted_run(&db, &config, async |mut relay, _| {
         relay.kill9().await;
         Relay::spawn(&config)
@@ -273,17 +252,13 @@ async fn postgres_restart_case(mode: &str) {
     let topic = format!("{prefix}.order");
     create_topic(&kafka, &topic, 4).await;
     // Small batches and window: the backlog takes a while, so the restart lands mid-stream.
-    let config = format!(
-        "{}[source]\nmode = \"{mode}\"\nbatch_size = 100\n",
-        // WAL runs in transactional mode: an in-process restart aborts what the old run left open.
-        kafka_config(
-            &db,
-            &kafka,
-            &prefix,
-            if mode == "wal" { "transactional" } else { "idempotent" }
-        )
-        .replace("[pipeline]\n", "[pipeline]\nmax_in_flight = 200\n")
-    );
+    // WAL runs in transactional mode: an in-process restart aborts what the old run left open.
+    let delivery = if mode == "wal" { "transactional" } else { "idempotent" };
+    let config = kafka_config(&db, &kafka, &prefix, delivery)
+        .pipeline("max_in_flight", 200)
+        .source("mode", mode)
+        .source("batch_size", 100)
+        .to_string();
     migrate(&config).await;
     let workload =
         Workload { rows: 30_000, keys: 200, rows_per_txn: 10..=40, ..Workload::default() };
@@ -341,10 +316,8 @@ async fn postgres_connections_cut_by_a_proxy_mid_run_lose_nothing() {
     let topic = format!("{prefix}.order");
     create_topic(&services.kafka, &topic, 4).await;
     let slot = unique("slot");
-    let config = format!(
-        "{}[source]\nmode = \"wal\"\nslot = \"{slot}\"\n",
-        kafka_config(&via_proxy, &services.kafka, &prefix, "idempotent")
-    );
+    let config =
+        kafka_config(&via_proxy, &services.kafka, &prefix, "idempotent").wal(&slot).to_string();
     let (committed, mut relay) = interrupted_run(&db, &config, async |relay, _| {
         proxy.cut_for(Duration::from_secs(3)).await;
         relay

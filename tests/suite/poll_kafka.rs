@@ -5,6 +5,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::check::{kafka_streams, verify};
+use support::config::RelayConfig;
 use support::kafka::{create_topic, java_murmur2, java_partition, read_all};
 use support::pg::{connect, count, fresh_database};
 use support::relay::{migrate, Relay};
@@ -14,21 +15,11 @@ use support::{services, unique, wait_for};
 const PARTITIONS: i32 = 6;
 
 fn config(db: &str, brokers: &str, prefix: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[source]
-mode = "poll"
-table = "public.outbox"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-key = "${{aggregateid}}"
-"#
-    )
+    RelayConfig::kafka_at(db, brokers, prefix)
+        .poll()
+        .source("table", "public.outbox")
+        .route("key", "${aggregateid}")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

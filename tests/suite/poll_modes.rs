@@ -5,27 +5,15 @@ use crate::support;
 
 use std::time::Duration;
 
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all, Record};
 use support::pg::{connect, count, fresh_database};
 use support::relay::{migrate, Relay};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
-fn config(db: &str, prefix: &str, source: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[source]
-{source}
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        brokers = services().kafka
-    )
+fn config(db: &str, prefix: &str) -> RelayConfig {
+    RelayConfig::kafka(db, prefix)
 }
 
 async fn insert_rows(client: &Client, n: i32) {
@@ -50,10 +38,11 @@ async fn notify_wakes_the_relay_long_before_the_poll_interval_and_extra_headers_
     let prefix = unique("notify");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 2).await;
-    let config = format!(
-        "{}[route.headers]\ntype = \"${{type}}\"\ntenant = \"${{tenant}}\"\n",
-        config(&db, &prefix, "poll_interval = \"1h\"")
-    );
+    let config = config(&db, &prefix)
+        .source("poll_interval", "1h")
+        .set("route.headers", "type", "${type}")
+        .set("route.headers", "tenant", "${tenant}")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client.batch_execute("alter table outbox add column tenant text default 'acme'").await.unwrap();
@@ -86,7 +75,10 @@ async fn without_notify_the_interval_finds_the_rows() {
     let prefix = unique("interval");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 2).await;
-    let config = config(&db, &prefix, "notify_channel = \"\"\npoll_interval = \"200ms\"");
+    let config = config(&db, &prefix)
+        .source("notify_channel", "")
+        .source("poll_interval", "200ms")
+        .to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let trigger = "select count(*) from pg_trigger where tgname = 'outbox_relay_notify'";
@@ -113,7 +105,8 @@ async fn mark_mode_keeps_published_rows_until_their_retention_ends() {
     let prefix = unique("mark");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 2).await;
-    let config = config(&db, &prefix, "after_publish = \"mark\"\nretention = \"3s\"");
+    let config =
+        config(&db, &prefix).source("after_publish", "mark").source("retention", "3s").to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     let mut relay = Relay::spawn(&config);
@@ -136,21 +129,21 @@ async fn mark_mode_keeps_published_rows_until_their_retention_ends() {
 /// More late rows than one read takes: the rest are read on the next polls, none skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_transaction_larger_than_a_batch_is_read_in_full() {
-    late_transaction_case("batch_size = 10").await;
+    late_transaction_case(|config| config.source("batch_size", 10)).await;
 }
 
 /// The same with batches cut by bytes: a quarter of `max_in_flight_bytes`, a few rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_transaction_larger_than_a_batch_in_bytes_is_read_in_full() {
-    late_transaction_case("[pipeline]\nmax_in_flight_bytes = 2000").await;
+    late_transaction_case(|config| config.pipeline("max_in_flight_bytes", 2000)).await;
 }
 
-async fn late_transaction_case(settings: &str) {
+async fn late_transaction_case(settings: fn(RelayConfig) -> RelayConfig) {
     let db = fresh_database("late_big").await;
     let prefix = unique("latebig");
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &prefix, settings);
+    let config = settings(config(&db, &prefix)).to_string();
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
 

@@ -5,6 +5,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::check::{verify, Delivered};
+use support::config::RelayConfig;
 use support::pg::{connect, count, fresh_database};
 use support::rabbit::drain;
 use support::relay::{migrate, Relay};
@@ -16,31 +17,14 @@ const QUEUES: usize = 4;
 /// A consistent-hash exchange `<prefix>.order` sharding over `QUEUES` queues, declared by the
 /// relay from its config.
 fn config(db: &str, amqp: &str, prefix: &str) -> String {
-    let mut config = format!(
-        r#"
-[postgres]
-url = "{db}"
-[source]
-mode = "poll"
-[sink]
-kind = "rabbitmq"
-url = "{amqp}"
-lanes = 4
-[[sink.exchanges]]
-name = "{prefix}.order"
-kind = "x-consistent-hash"
-"#
-    );
-    for q in 0..QUEUES {
-        config.push_str(&format!(
-            "[[sink.queues]]\nname = \"{prefix}.q{q}\"\n[[sink.bindings]]\nqueue = \"{prefix}.q{q}\"\n\
-             exchange = \"{prefix}.order\"\nrouting_key = \"1\"\n"
-        ));
-    }
-    config.push_str(&format!(
-        "[route]\ntopic = \"{prefix}.${{aggregatetype}}\"\nkey = \"${{aggregateid}}\"\n"
-    ));
-    config
+    let queues: Vec<String> = (0..QUEUES).map(|q| format!("{prefix}.q{q}")).collect();
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    RelayConfig::rabbitmq_at(db, amqp, prefix)
+        .poll()
+        .sink("lanes", 4)
+        .topology(prefix, "x-consistent-hash", &queues, "1")
+        .route("key", "${aggregateid}")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,21 +10,20 @@ use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
 use lapin::BasicProperties;
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::topology;
 use support::relay::{migrate, Relay};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
-const ROUTE: &str = "key = \"${aggregateid}\"\nreply_to = \"${reply_to}\"\n\
-                     correlation_id = \"${correlation_id}\"\n";
-
-fn config(db: &str, prefix: &str, sink: &str) -> String {
-    format!(
-        "[postgres]\nurl = \"{db}\"\n[pipeline]\nretry_max_backoff = \"1s\"\n{sink}\n[route]\n\
-         topic = \"{prefix}.${{aggregatetype}}\"\n{ROUTE}"
-    )
+/// `sink`, routing each row's reply channel and correlation id.
+fn config(sink: RelayConfig) -> String {
+    sink.pipeline("retry_max_backoff", "1s")
+        .route("key", "${aggregateid}")
+        .route("reply_to", "${reply_to}")
+        .route("correlation_id", "${correlation_id}")
+        .to_string()
 }
 
 /// The outbox with the two columns, a command asking for a reply on `reply_to`, and an event.
@@ -63,12 +62,11 @@ async fn a_command_over_rabbitmq_is_answered_on_its_reply_to_with_its_correlatio
     let db = fresh_database("reply_rabbit").await;
     let prefix = unique("replyrabbit");
     let (commands, replies) = (format!("{prefix}.commands"), format!("{prefix}.replies"));
-    let sink = format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"{}\"\n{}[[sink.queues]]\nname = \"{replies}\"\n",
-        services().amqp,
-        topology(&prefix, "direct", &[&commands], "k")
+    let config = config(
+        RelayConfig::rabbitmq(&db, &prefix)
+            .topology(&prefix, "direct", &[&commands], "k")
+            .queue(&replies),
     );
-    let config = config(&db, &prefix, &sink);
     let client = command_and_event(&db, &config, &replies).await;
     let relay = Relay::spawn(&config);
     drained(&client).await;
@@ -135,8 +133,7 @@ async fn a_command_over_kafka_is_answered_on_its_reply_to_header_with_its_correl
     let (commands, replies) = (format!("{prefix}.order"), format!("{prefix}.replies"));
     create_topic(&services().kafka, &commands, 1).await;
     create_topic(&services().kafka, &replies, 1).await;
-    let sink = format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka);
-    let config = config(&db, &prefix, &sink);
+    let config = config(RelayConfig::kafka(&db, &prefix));
     let client = command_and_event(&db, &config, &replies).await;
     let relay = Relay::spawn(&config);
     drained(&client).await;

@@ -6,33 +6,24 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::check::{kafka_streams, verify, Delivered};
+use support::config::RelayConfig;
 use support::kafka::{create_topic, read_all};
 use support::pg::{connect, count, fresh_database};
-use support::rabbit::{drain, two_hashed_queues, Delivery};
+use support::rabbit::{drain, Delivery};
 use support::relay::{migrate, Relay};
 use support::workload::{self, Via, Workload};
 use support::{services, unique, wait_for};
 use tokio_postgres::Client;
 
-/// A WAL-mode config with its own slot (slots are cluster-wide).
-fn config(db: &str, slot: &str, sink: &str, prefix: &str, source: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[source]
-mode = "wal"
-slot = "{slot}"
-{source}
-{sink}
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#
-    )
+/// To the test Kafka, tailing the WAL through `slot` (each test has its own: slots are
+/// cluster-wide).
+fn kafka(db: &str, slot: &str, prefix: &str) -> RelayConfig {
+    RelayConfig::kafka(db, prefix).wal(slot)
 }
 
-fn kafka_sink() -> String {
-    format!("[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n", services().kafka)
+/// Kept rows (`after_publish = "keep"`) and heartbeats every second.
+fn keeping(config: RelayConfig) -> String {
+    config.source("after_publish", "keep").source("heartbeat_interval", "1s").to_string()
 }
 
 async fn slot_lsn(client: &Client, slot: &str) -> String {
@@ -86,7 +77,7 @@ async fn concurrent_commits_and_mixed_traffic_arrive_exactly_once_in_commit_orde
     let (slot, prefix) = (unique("slot"), unique("wk"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 6).await;
-    let config = config(&db, &slot, &kafka_sink(), &prefix, "");
+    let config = kafka(&db, &slot, &prefix).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     client
@@ -135,8 +126,8 @@ async fn concurrent_commits_and_mixed_traffic_arrive_exactly_once_in_commit_orde
 async fn concurrent_commits_arrive_exactly_once_in_commit_order_rabbitmq() {
     let db = fresh_database("wal_rabbit").await;
     let (slot, prefix) = (unique("slot"), unique("wr"));
-    let sink = two_hashed_queues(&services().amqp, &prefix);
-    let config = config(&db, &slot, &sink, &prefix, "");
+    let config =
+        RelayConfig::rabbitmq(&db, &prefix).wal(&slot).two_hashed_queues(&prefix).to_string();
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
     let workload = Workload::default();
@@ -165,8 +156,7 @@ async fn logical_messages_committed_are_delivered_and_rolled_back_are_not() {
     let (slot, prefix) = (unique("slot"), unique("wm"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 4).await;
-    let source = "after_publish = \"keep\"\nheartbeat_interval = \"1s\"";
-    let config = config(&db, &slot, &kafka_sink(), &prefix, source);
+    let config = keeping(kafka(&db, &slot, &prefix));
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
     let workload = Workload { via: Via::Message, ..Workload::default() };
@@ -199,7 +189,7 @@ async fn restart_mid_stream(kill9: bool) -> (support::workload::Committed, Vec<V
     let (slot, prefix) = (unique("slot"), unique("wt"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 4).await;
-    let config = config(&db, &slot, &kafka_sink(), &prefix, "");
+    let config = kafka(&db, &slot, &prefix).to_string();
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
     let workload = Workload { rows: 6_000, ..Workload::default() };
@@ -263,7 +253,7 @@ async fn the_slot_advances_past_the_last_commit_also_while_only_other_databases_
     let db = fresh_database("wal_release").await;
     let (slot, prefix) = (unique("slot"), unique("wrl"));
     create_topic(&services().kafka, &format!("{prefix}.order"), 2).await;
-    let config = config(&db, &slot, &kafka_sink(), &prefix, "heartbeat_interval = \"1s\"");
+    let config = kafka(&db, &slot, &prefix).source("heartbeat_interval", "1s").to_string();
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
     let client = connect(&db).await;
@@ -304,8 +294,7 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
     let (slot, prefix) = (unique("slot"), unique("w1m"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 4).await;
-    let source = "after_publish = \"keep\"\nheartbeat_interval = \"1s\"";
-    let config = config(&db, &slot, &kafka_sink(), &prefix, source);
+    let config = keeping(kafka(&db, &slot, &prefix));
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
     let client = connect(&db).await;
@@ -355,7 +344,7 @@ async fn a_schema_change_mid_stream_is_followed() {
     let (slot, prefix) = (unique("slot"), unique("ws"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let config = config(&db, &slot, &kafka_sink(), &prefix, "");
+    let config = kafka(&db, &slot, &prefix).to_string();
     migrate(&config).await;
     let client = connect(&db).await;
     // Two unused columns before the payload: (id, aggregatetype, aggregateid, type, created_at,
@@ -406,8 +395,7 @@ async fn a_renamed_outbox_is_still_followed_and_a_lost_payload_column_halts_with
     let (slot, prefix) = (unique("slot"), unique("wrn"));
     let topic = format!("{prefix}.order");
     create_topic(&services().kafka, &topic, 1).await;
-    let source = "after_publish = \"keep\"\nheartbeat_interval = \"1s\"";
-    let config = config(&db, &slot, &kafka_sink(), &prefix, source);
+    let config = keeping(kafka(&db, &slot, &prefix));
     migrate(&config).await;
     let mut relay = Relay::spawn(&config);
     let client = connect(&db).await;

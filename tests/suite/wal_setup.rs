@@ -7,27 +7,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::cluster::Cluster;
+use support::config::RelayConfig;
 use support::kafka::create_topic;
 use support::pg::{connect, count, fresh_database};
 use support::relay::{command, migrate, Relay};
 use support::{services, unique, wait_for};
 
 fn config(db: &str, slot: &str, prefix: &str) -> String {
-    format!(
-        r#"
-[postgres]
-url = "{db}"
-[source]
-mode = "wal"
-slot = "{slot}"
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-[route]
-topic = "{prefix}.${{aggregatetype}}"
-"#,
-        brokers = services().kafka
-    )
+    RelayConfig::kafka(db, prefix).wal(slot).to_string()
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 pub mod brokers;
 pub mod check;
 pub mod cluster;
+pub mod config;
 pub mod js;
 pub mod kafka;
 pub mod otel;
@@ -51,17 +52,6 @@ pub fn services() -> Services {
         kafka_libs: var("OUTBOX_RELAY_KAFKA_LIBS").into(),
         kafka_config: var("OUTBOX_RELAY_KAFKA_CONFIG").into(),
     }
-}
-
-/// `[sink]` lines for a Kafka delivery mode. Transactional delivery gets a `transactional_id`
-/// of the test's own: the default (`outbox-relay.<pipeline>`) is the same in every test, and a
-/// relay of another test running at the same time would fence this one's producer.
-pub fn kafka_delivery(delivery: &str) -> String {
-    let mut lines = format!("delivery = \"{delivery}\"\n");
-    if delivery == "transactional" {
-        lines.push_str(&format!("transactional_id = \"{}\"\n", unique("txid")));
-    }
-    lines
 }
 
 /// A name no other test (or earlier run) uses: `prefix_<pid>_<n>_<random>`.

@@ -37,30 +37,6 @@ impl Delivery {
     }
 }
 
-/// Sink topology (TOML): the exchange `<prefix>.order` of `kind` and `queues`, each bound to it
-/// with `routing_key` (for `x-consistent-hash`, the weight).
-pub fn topology(prefix: &str, kind: &str, queues: &[&str], routing_key: &str) -> String {
-    let mut toml = format!("[[sink.exchanges]]\nname = \"{prefix}.order\"\nkind = \"{kind}\"\n");
-    for queue in queues {
-        toml.push_str(&format!(
-            "[[sink.queues]]\nname = \"{queue}\"\n[[sink.bindings]]\nqueue = \"{queue}\"\n\
-             exchange = \"{prefix}.order\"\nrouting_key = \"{routing_key}\"\n"
-        ));
-    }
-    toml
-}
-
-/// `[sink]` for RabbitMQ at `amqp`: an `x-consistent-hash` exchange `<prefix>.order` over the
-/// queues `<prefix>.q0` and `<prefix>.q1`.
-pub fn two_hashed_queues(amqp: &str, prefix: &str) -> String {
-    let queues = [format!("{prefix}.q0"), format!("{prefix}.q1")];
-    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
-    format!(
-        "[sink]\nkind = \"rabbitmq\"\nurl = \"{amqp}\"\n{}",
-        topology(prefix, "x-consistent-hash", &queues, "1")
-    )
-}
-
 pub async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default()).await.unwrap()
 }
