@@ -17,5 +17,6 @@ mod poll_kafka;
 mod poll_modes;
 mod poll_rabbitmq;
 mod request_reply;
+mod tls;
 mod wal;
 mod wal_setup;
