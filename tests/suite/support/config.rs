@@ -119,6 +119,12 @@ impl RelayConfig {
     /// `key` of `section`, a dotted path for a nested table (`"route.cloudevents"`,
     /// `"sink.properties"`).
     pub fn set(mut self, section: &str, key: &str, value: impl Into<Value>) -> Self {
+        self.table(section).insert(key.into(), value.into());
+        self
+    }
+
+    /// The table at a dotted path, made if missing.
+    fn table(&mut self, section: &str) -> &mut Table {
         let mut table = &mut self.doc;
         for name in section.split('.') {
             table = table
@@ -127,8 +133,7 @@ impl RelayConfig {
                 .as_table_mut()
                 .unwrap_or_else(|| panic!("{name} is not a table"));
         }
-        table.insert(key.into(), value.into());
-        self
+        table
     }
 
     /// Removes `key` of `section` (a default the test wants absent).
@@ -143,15 +148,7 @@ impl RelayConfig {
     pub fn push<const N: usize>(mut self, array: &str, fields: [(&str, &str); N]) -> Self {
         let entry: Table = fields.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
         let (section, name) = array.rsplit_once('.').expect("section.array");
-        let mut table = &mut self.doc;
-        for part in section.split('.') {
-            table = table
-                .entry(part)
-                .or_insert_with(|| Value::Table(Table::new()))
-                .as_table_mut()
-                .unwrap_or_else(|| panic!("{part} is not a table"));
-        }
-        let entries = table.entry(name).or_insert_with(|| Value::Array(Vec::new()));
+        let entries = self.table(section).entry(name).or_insert_with(|| Value::Array(Vec::new()));
         entries.as_array_mut().expect("an array of tables").push(Value::Table(entry));
         self
     }
