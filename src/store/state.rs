@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use outbox_relay_core::{Message, Position};
 use outbox_relay_postgres::{PostgresError, Session};
+use tokio_postgres::Statement;
 
 use serde::Serialize;
 
@@ -33,6 +34,10 @@ pub(crate) struct RelayState {
     /// Holds while no newer leader has taken the pipeline ([`Lease::fence`]): every write
     /// requires it.
     fence: String,
+    /// The two writes of every batch and every checkpoint, prepared once: one round trip
+    /// each, and nothing for the server to parse again.
+    write_max_sent: Statement,
+    write_acked: Statement,
     horizon: Option<Position>,
     max_sent: Option<Position>,
     acked: Option<Position>,
@@ -62,7 +67,24 @@ impl RelayState {
             None => (None, None),
         };
         let fence = lease.fence();
-        Ok(Self { session, pipeline, fence, horizon: max_sent, max_sent, acked })
+        let update = |column: &str| {
+            format!(
+                "update outbox_relay.pipelines set {column} = $2, updated_at = now() \
+                 where name = $1 and {fence}"
+            )
+        };
+        let write_max_sent = session.prepare(&update("max_sent")).await?;
+        let write_acked = session.prepare(&update("acked")).await?;
+        Ok(Self {
+            session,
+            pipeline,
+            fence,
+            write_max_sent,
+            write_acked,
+            horizon: max_sent,
+            max_sent,
+            acked,
+        })
     }
 
     /// Messages at or below this position may have been sent by an earlier run.
@@ -76,7 +98,7 @@ impl RelayState {
         if self.max_sent.is_some_and(|sent| sent >= upto) {
             return Ok(());
         }
-        self.write("recording what is being sent", "max_sent", upto).await?;
+        self.write("recording what is being sent", &self.write_max_sent, upto).await?;
         self.max_sent = Some(upto);
         Ok(())
     }
@@ -86,7 +108,7 @@ impl RelayState {
         if self.acked.is_some_and(|acked| acked >= upto) {
             return Ok(());
         }
-        self.write("recording the checkpoint", "acked", upto).await?;
+        self.write("recording the checkpoint", &self.write_acked, upto).await?;
         self.acked = Some(upto);
         Ok(())
     }
@@ -94,19 +116,14 @@ impl RelayState {
     async fn write(
         &self,
         what: &'static str,
-        column: &str,
+        statement: &Statement,
         position: Position,
     ) -> Result<(), PostgresError> {
-        let sql = format!(
-            "update outbox_relay.pipelines set {column} = $2, updated_at = now() \
-             where name = $1 and {}",
-            self.fence
-        );
         let written = self
             .session
             .timed(
                 what,
-                self.session.client().execute(&sql, &[&self.pipeline, &position.to_string()]),
+                self.session.client().execute(statement, &[&self.pipeline, &position.to_string()]),
             )
             .await?;
         fenced(what, written)
