@@ -20,7 +20,7 @@ use outbox_relay_core::{Confirm, ConnectorError, Header, Message};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::config::TelemetryConfig;
+use crate::config::{endpoint, Endpoint, TelemetryConfig};
 
 /// Spans waiting for export; more are dropped.
 const QUEUE: usize = 8_192;
@@ -38,33 +38,6 @@ struct Exporter {
     spans: mpsc::Sender<Value>,
     dropped: Arc<AtomicU64>,
     done: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// Where spans go: `http://host:port` (traces go to `/v1/traces` there).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Endpoint {
-    pub(crate) authority: String,
-    pub(crate) path: String,
-}
-
-/// `telemetry.otlp_endpoint` parsed; `Err` says what is wrong.
-pub(crate) fn endpoint(text: &str) -> Result<Option<Endpoint>, String> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let Some(rest) = text.strip_prefix("http://") else {
-        return Err(format!(
-            "telemetry.otlp_endpoint {text:?}: only http:// is supported (OTLP/HTTP); send to a \
-             collector next to the relay (an agent or sidecar), which can forward over TLS"
-        ));
-    };
-    let (authority, base) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    if authority.is_empty() || !authority.contains(':') {
-        return Err(format!("telemetry.otlp_endpoint {text:?}: expected http://host:port"));
-    }
-    let base = base.trim_end_matches('/');
-    let path = if base.is_empty() { "/v1/traces".into() } else { format!("/{base}/v1/traces") };
-    Ok(Some(Endpoint { authority: authority.into(), path }))
 }
 
 /// Starts the export task, once per process, when an endpoint is configured.
@@ -301,24 +274,5 @@ impl Publish {
                 exporter.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_are_http_host_port_with_an_optional_base_path() {
-        assert_eq!(endpoint("").unwrap(), None);
-        let plain = endpoint("http://127.0.0.1:4318").unwrap().unwrap();
-        assert_eq!(
-            (plain.authority.as_str(), plain.path.as_str()),
-            ("127.0.0.1:4318", "/v1/traces")
-        );
-        let based = endpoint("http://otel:4318/otlp/").unwrap().unwrap();
-        assert_eq!(based.path, "/otlp/v1/traces");
-        assert!(endpoint("https://otel:4318").unwrap_err().contains("only http://"));
-        assert!(endpoint("http://otel").unwrap_err().contains("host:port"));
     }
 }

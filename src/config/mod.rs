@@ -11,11 +11,13 @@ use serde::Deserialize;
 
 use crate::error::RelayError;
 
+mod otlp;
 mod secret;
 mod sink;
 mod source;
 
 pub(crate) use crate::router::{CloudEventsMode, RouteConfig};
+pub(crate) use otlp::{endpoint, Endpoint};
 pub(crate) use secret::Secret;
 pub(crate) use sink::*;
 pub(crate) use source::{AfterPublishConfig, MessageFormatConfig, SourceConfig, SourceMode};
@@ -276,7 +278,7 @@ impl Config {
         if self.source.batch_size == 0 {
             return Err("source.batch_size must be at least 1".into());
         }
-        crate::spans::endpoint(&self.telemetry.otlp_endpoint)?;
+        endpoint(&self.telemetry.otlp_endpoint)?;
         match (self.source.mode, self.source.after_publish) {
             (SourceMode::Wal, AfterPublishConfig::Mark) => {
                 return Err("source.after_publish = \"mark\" needs mode = \"poll\"; WAL mode \
