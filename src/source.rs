@@ -2,7 +2,25 @@
 //! Config chooses one variant; the pipeline sees one [`Source`].
 
 use outbox_relay_core::{ConnectorError, Entry, Position, Source};
-use outbox_relay_postgres::{PollSource, WalSource};
+use outbox_relay_postgres::{wal, OutboxTable, PollSource, WalSource};
+
+use crate::config::{SourceConfig, SourceMode};
+use crate::router::Router;
+
+/// The route's template columns, as (config key, column), that the configured source cannot
+/// fill: not a column of the outbox table, nor (WAL tailing with a message prefix) a field of
+/// a logical message. `run` refuses to start on one; `check` names them all.
+pub(crate) fn unknown_columns<'a>(
+    router: &'a Router,
+    table: &'a OutboxTable,
+    source: &SourceConfig,
+) -> impl Iterator<Item = (&'static str, &'a str)> + 'a {
+    let messages = source.mode == SourceMode::Wal && !source.message_prefix.is_empty();
+    let message_fields: &[&str] = if messages { &wal::MESSAGE_FIELDS } else { &[] };
+    router
+        .columns()
+        .filter(move |(_, column)| !table.has_column(column) && !message_fields.contains(column))
+}
 
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant, reason = "one source per run, never moved in a hot path")]

@@ -127,14 +127,7 @@ async fn check_database(
         }
         Err(error) => return report.fail("outbox table", chain(&error)),
     };
-    let message_fields: &[&str] = if polled || config.source.message_prefix.is_empty() {
-        &[]
-    } else {
-        &outbox_relay_postgres::wal::MESSAGE_FIELDS
-    };
-    let missing: Vec<String> = router
-        .columns()
-        .filter(|(_, column)| !table.has_column(column) && !message_fields.contains(column))
+    let missing: Vec<String> = crate::source::unknown_columns(router, &table, &config.source)
         .map(|(key, column)| format!("{key} uses {column:?}"))
         .collect();
     if missing.is_empty() {

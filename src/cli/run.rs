@@ -103,16 +103,12 @@ async fn run_once(
     let table =
         OutboxTable::inspect(&session, name, &source.id_column, &source.payload_column, polled)
             .await?;
-    let message_fields: &[&str] =
-        if polled || source.message_prefix.is_empty() { &[] } else { &wal::MESSAGE_FIELDS };
-    for (key, column) in router.columns() {
-        if !table.has_column(column) && !message_fields.contains(&column) {
-            return Err(RelayError::UnknownColumn {
-                key,
-                column: column.into(),
-                table: table.name.to_string(),
-            });
-        }
+    if let Some((key, column)) = crate::source::unknown_columns(router, &table, source).next() {
+        return Err(RelayError::UnknownColumn {
+            key,
+            column: column.into(),
+            table: table.name.to_string(),
+        });
     }
     // The relay's records are opened first, under the lock; then the sink's run begins (a
     // Kafka sink fences older producers and learns how far back replays may go); then the
