@@ -173,17 +173,12 @@ async fn offer(
         let rows = ROWS_PER_TXN.min(total - commits.len()) as i32;
         let keys = KEYS as i64;
         client.batch_execute("begin").await?;
-        let ids: Vec<String> = match logical {
-            false => client
-                .query(&insert, &[&n, &keys, &rows])
-                .await?
-                .iter()
-                .map(|row| row.get(0))
-                .collect(),
-            true => {
-                let row = client.query_one(&emit, &[&n, &keys, &rows]).await?;
-                row.get::<_, String>(0).split(',').map(str::to_owned).collect()
-            }
+        let ids: Vec<String> = if logical {
+            let row = client.query_one(&emit, &[&n, &keys, &rows]).await?;
+            row.get::<_, String>(0).split(',').map(str::to_owned).collect()
+        } else {
+            let inserted = client.query(&insert, &[&n, &keys, &rows]).await?;
+            inserted.iter().map(|row| row.get(0)).collect()
         };
         client.batch_execute("commit").await?;
         let committed = Instant::now();
