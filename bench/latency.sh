@@ -8,7 +8,8 @@
 # Cases: WAL → Kafka and polling → Kafka at RATE (idempotent), the logical-message outbox → Kafka
 # at RATE, WAL → Kafka transactional at RATE, and polling at POLL_RATE (default 10000).
 # Usage: bench/latency.sh [RATE] [SECS]   (defaults 5000, 60); ONLY=REGEX runs the cases whose
-# label matches; EXTRA_TOML is appended to the relay's config (e.g. `[sink.properties]` lines).
+# label matches; EXTRA_TOML is appended to the relay's config (e.g. `[sink.properties]` lines);
+# RELAY=PATH runs that relay binary instead of this tree's release build (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-5000}
@@ -18,7 +19,7 @@ POLL_RATE=${POLL_RATE:-10000}
 scripts/services.sh up >/dev/null
 source .services/env
 cargo build --quiet --release --locked --bin outbox-relay --example latency
-relay=target/release/outbox-relay
+relay=${RELAY:-target/release/outbox-relay}
 load=target/release/examples/latency
 admin=$OUTBOX_RELAY_TEST_PG
 db=${admin%/*}/outbox_latency

@@ -129,7 +129,9 @@ async fn run_once(
             AnySource::Wal(WalSource::start(url, session, Some(table), options).await?)
         }
     };
-    pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown).await
+    let exit = pipeline::run(source, sink, router, settings, telemetry, &mut state, shutdown).await;
+    state.settle().await;
+    exit
 }
 
 fn poll_options(source: &SourceConfig) -> PollOptions {

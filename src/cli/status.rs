@@ -204,7 +204,11 @@ fn write_text(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
                 writeln!(out, "  last error:  {detail}")?;
             }
             writeln!(out, "  checkpoint:  {} (acknowledged)", text(&recorded.checkpoint))?;
-            writeln!(out, "  max sent:    {} (written before sending)", text(&recorded.max_sent))?;
+            writeln!(
+                out,
+                "  max sent:    {} (written before sending, ahead of it while running)",
+                text(&recorded.max_sent)
+            )?;
         }
     }
     if let Some(slot) = &report.slot {

@@ -51,6 +51,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "unused_pipeline_columns",
         sql: include_str!("../../migrations/0007_unused_pipeline_columns.sql"),
     },
+    Migration {
+        version: 8,
+        name: "max_sent_ahead",
+        sql: include_str!("../../migrations/0008_max_sent_ahead.sql"),
+    },
 ];
 
 /// What `migrate` did.

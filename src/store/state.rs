@@ -1,9 +1,12 @@
 //! The relay's own records in Postgres (schema `outbox_relay`), on a session of their own.
 //!
 //! Invariants:
-//! - `max_sent` is written **before** a batch is handed to the broker and never lowered, so
-//!   every position a relay may ever have sent is at or below it. Read at start, it is the
-//!   *replay horizon*: messages at or below it may be replays of a run that crashed.
+//! - `max_sent` is written **before** a batch is handed to the broker, so every position a relay
+//!   may ever have sent is at or below it. Read at start, it is the *replay horizon*: messages
+//!   at or below it may be replays of a run that crashed. It is written [ahead](ahead) of the
+//!   batch that needs it, so a steady flow writes it a few times a second rather than once per
+//!   batch; a run that ends writes the exact bound back ([`RelayState::settle`]), so only a
+//!   crash leaves the headroom in the horizon.
 //! - `acked` (the checkpoint) is only raised.
 //! - **Fenced**: every write requires this relay's leader epoch (checked in the same
 //!   statement, see [`Lease::fence`]); once another relay has taken over, a deposed leader's
@@ -39,8 +42,30 @@ pub(crate) struct RelayState {
     write_max_sent: Statement,
     write_acked: Statement,
     horizon: Option<Position>,
+    /// What `max_sent` holds (written ahead).
     max_sent: Option<Position>,
+    /// The highest position this run handed on: what `max_sent` would be without the headroom.
+    sending: Option<Position>,
     acked: Option<Position>,
+}
+
+/// Headroom of a `max_sent` write, WAL tailing: bytes of WAL past the batch's commit.
+const WAL_AHEAD: u64 = 1 << 20;
+/// Headroom of a `max_sent` write, polling: `seq` values past the batch's highest.
+const POLL_AHEAD: i64 = 1_000;
+
+/// What `max_sent` is written as when a batch up to `upto` is about to be sent: that far
+/// ahead, so the batches of the next [`WAL_AHEAD`] bytes of WAL (or [`POLL_AHEAD`] rows) need no
+/// write of their own. The price, after a crash only: up to that much more is looked up as a
+/// possible replay (Kafka) or marked as one (RabbitMQ).
+fn ahead(upto: Position) -> Position {
+    match upto {
+        Position::Wal { commit_lsn, .. } => Position::Wal {
+            commit_lsn: outbox_relay_core::Lsn(commit_lsn.0.saturating_add(WAL_AHEAD)),
+            index: 0,
+        },
+        Position::Poll { seq } => Position::Poll { seq: seq.saturating_add(POLL_AHEAD) },
+    }
 }
 
 impl RelayState {
@@ -83,6 +108,7 @@ impl RelayState {
             write_acked,
             horizon: max_sent,
             max_sent,
+            sending: None,
             acked,
         })
     }
@@ -92,15 +118,34 @@ impl RelayState {
         self.horizon
     }
 
-    /// Records, before sending, that positions up to `upto` may be sent.
+    /// Records, before sending, that positions up to `upto` may be sent (written [`ahead`]
+    /// when what is recorded does not cover it yet).
     pub(crate) async fn note_sending(&mut self, upto: Position) -> Result<(), PostgresError> {
+        self.sending = Some(self.sending.map_or(upto, |sent| sent.max_of(upto)));
         // Positions of another kind of source (after a switch) do not compare: written anew.
         if self.max_sent.is_some_and(|sent| sent >= upto) {
             return Ok(());
         }
-        self.write("recording what is being sent", &self.write_max_sent, upto).await?;
-        self.max_sent = Some(upto);
+        let written = ahead(upto);
+        self.write("recording what is being sent", &self.write_max_sent, written).await?;
+        self.max_sent = Some(written);
         Ok(())
+    }
+
+    /// At the end of a run (nothing more is sent on it): brings `max_sent` back from its
+    /// headroom to the highest position ever sent — this run's, or the horizon an earlier run
+    /// left — so the next run doubts only what may really have been sent. A failed write is
+    /// only logged: what is recorded is too high, never too low.
+    pub(crate) async fn settle(&mut self) {
+        let Some(sent) = self.sending else { return };
+        let exact = self.horizon.map_or(sent, |horizon| horizon.max_of(sent));
+        if self.max_sent == Some(exact) {
+            return;
+        }
+        match self.write("recording what was sent", &self.write_max_sent, exact).await {
+            Ok(()) => self.max_sent = Some(exact),
+            Err(error) => tracing::warn!(error = %error, "cannot record what was sent exactly"),
+        }
     }
 
     /// Records the checkpoint (the last acknowledged position).
@@ -456,7 +501,8 @@ mod tests {
         // The lock session ends (a network cut, a restarted pooler); another relay takes over.
         drop(lock);
         let (usurper, _) = acquire().await;
-        let refused = state.note_sending(Position::Poll { seq: 20 }).await.unwrap_err();
+        let beyond = Position::Poll { seq: 11 + POLL_AHEAD };
+        let refused = state.note_sending(beyond).await.unwrap_err();
         assert!(matches!(refused, PostgresError::LockLost { .. }), "{refused}");
         let refused = state.note_state("halted", Some("late")).await.unwrap_err();
         assert!(matches!(refused, PostgresError::LockLost { .. }), "{refused}");
@@ -469,7 +515,58 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("poll:10"));
+        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("poll:1010"));
         assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("running"));
+        // Nor can it settle: the usurper's horizon keeps the headroom.
+        state.settle().await;
+        let row = usurper
+            .client()
+            .query_one("select max_sent from outbox_relay.pipelines where name = 'default'", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("poll:1010"));
+    }
+
+    #[tokio::test]
+    async fn max_sent_is_written_ahead_once_for_many_batches_and_settled_exactly() {
+        let config = migrated_config().await;
+        let (telemetry, shutdown) = (Telemetry::new(), CancellationToken::new());
+        let session = crate::store::connect(&config).await.unwrap();
+        let (_lock, lease) = crate::store::leader::acquire(session, &config, &telemetry, &shutdown)
+            .await
+            .unwrap()
+            .unwrap();
+        let reader = crate::store::connect(&config).await.unwrap();
+        let recorded = || async {
+            let sql = "select max_sent from outbox_relay.pipelines where name = 'default'";
+            reader.client().query_one(sql, &[]).await.unwrap().get::<_, Option<String>>(0)
+        };
+        let wal =
+            |lsn: u64, index: u32| Position::Wal { commit_lsn: outbox_relay_core::Lsn(lsn), index };
+
+        let session = crate::store::connect(&config).await.unwrap();
+        let mut state = RelayState::open(session, &config, lease).await.unwrap();
+        state.note_sending(wal(0x1000, 3)).await.unwrap();
+        let ahead = format!("wal:{}:0", outbox_relay_core::Lsn(0x1000 + WAL_AHEAD));
+        assert_eq!(recorded().await.as_deref(), Some(ahead.as_str()));
+        // Batches within the headroom are covered by that one write.
+        state.note_sending(wal(0x2000, 0)).await.unwrap();
+        state.note_sending(wal(0x1000 + WAL_AHEAD - 1, 9)).await.unwrap();
+        assert_eq!(recorded().await.as_deref(), Some(ahead.as_str()));
+        // The end of the run leaves the highest position sent, not the headroom.
+        state.settle().await;
+        let exact = format!("wal:{}:9", outbox_relay_core::Lsn(0x1000 + WAL_AHEAD - 1));
+        assert_eq!(recorded().await.as_deref(), Some(exact.as_str()));
+
+        // A run that crashed left headroom: the next run's end keeps that horizon when it sent
+        // less, since the crashed run may have sent up to there.
+        state.note_sending(wal(0x1000 + WAL_AHEAD, 0)).await.unwrap();
+        let crashed = recorded().await;
+        drop(state);
+        let session = crate::store::connect(&config).await.unwrap();
+        let mut next = RelayState::open(session, &config, lease).await.unwrap();
+        next.note_sending(wal(0x3000, 0)).await.unwrap();
+        next.settle().await;
+        assert_eq!(recorded().await, crashed);
     }
 }
