@@ -393,7 +393,7 @@ impl RowCodec {
             .enumerate()
             .map(|(i, name)| {
                 let raw = row.get::<_, Option<RawText>>(i + 2)?;
-                Some(text_or_hex(&raw.0, &format!("column {name:?}"), &mut defect))
+                Some(text_or_hex(&raw.0, name, &mut defect))
             })
             .collect();
         let id = values[self.id_index].clone().unwrap_or_default();

@@ -4,6 +4,7 @@
 //! (halted on or set aside with its content) rather than a message with a hole.
 
 use std::error::Error;
+use std::fmt::Write as _;
 
 use tokio_postgres::types::{FromSql, Type};
 
@@ -24,20 +25,21 @@ impl<'a> FromSql<'a> for RawText {
 }
 
 /// `bytes` as a `String`; bytes that are not UTF-8 are kept as `\x` hex text, and `defect`
-/// says which value it was.
-pub(crate) fn text_or_hex(bytes: &[u8], what: &str, defect: &mut Option<String>) -> String {
+/// says which column's value it was (named only then: this runs for every column of every row).
+pub(crate) fn text_or_hex(bytes: &[u8], column: &str, defect: &mut Option<String>) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) => text.to_owned(),
         Err(_) => {
             defect.get_or_insert_with(|| {
                 format!(
-                    "{what} is not valid UTF-8 (kept as hex: the database encoding is not UTF-8?)"
+                    "column {column:?} is not valid UTF-8 (kept as hex: the database encoding is \
+                     not UTF-8?)"
                 )
             });
             let mut hex = String::with_capacity(2 + 2 * bytes.len());
             hex.push_str("\\x");
             for byte in bytes {
-                hex.push_str(&format!("{byte:02x}"));
+                let _ = write!(hex, "{byte:02x}");
             }
             hex
         }
@@ -122,10 +124,10 @@ mod tests {
     #[test]
     fn text_that_is_not_utf8_is_kept_as_hex_with_a_defect() {
         let mut defect = None;
-        assert_eq!(text_or_hex(b"ok", "column a", &mut defect), "ok");
+        assert_eq!(text_or_hex(b"ok", "a", &mut defect), "ok");
         assert!(defect.is_none());
-        assert_eq!(text_or_hex(b"\xe9t\xe9", "column a", &mut defect), "\\xe974e9");
-        assert!(defect.unwrap().contains("column a"));
+        assert_eq!(text_or_hex(b"\xe9t\xe9", "a", &mut defect), "\\xe974e9");
+        assert!(defect.unwrap().contains("column \"a\""));
 
         let mut defect = None;
         check_text_payload(b"{\"a\": \"\xff\"}", &mut defect);

@@ -454,9 +454,7 @@ fn row_entry(shape: &Shape, values: Vec<Value>) -> Entry {
         .iter()
         .zip(shape.names.iter())
         .map(|(i, name)| match values.get(*i)? {
-            Value::Text(bytes) => {
-                Some(text_or_hex(bytes, &format!("column {name:?}"), &mut defect))
-            }
+            Value::Text(bytes) => Some(text_or_hex(bytes, name, &mut defect)),
             Value::Null | Value::Unchanged => None,
         })
         .collect();
