@@ -14,7 +14,7 @@ psql "$db" -qAtX -c "insert into outbox (id, aggregatetype, aggregateid, type, p
     select gen_random_uuid(), 'bench', 'key-' || (i % 1000), 'Benchmarked',
            jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
              jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-             'note', repeat('x', 80))
+             'note', repeat('x', ${NOTE_BYTES:-80}))
     from generate_series(1, $N) i"
 start=$(date +%s.%N)
 OUTBOX_RELAY__SOURCE__MODE=$mode $bin --config .services/bench-kafka.toml run >/dev/null 2>&1 &

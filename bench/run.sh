@@ -9,7 +9,9 @@
 #   3. what the relay's triggers cost the application: INSERT rate into the outbox (seq + NOTIFY
 #      triggers) against the same table without them.
 # Usage: bench/run.sh [ROWS]   (default 100000). Figures go to stdout; BENCHMARKS.md keeps
-# the ones we published, with the machine they came from.
+# the ones we published, with the machine they came from. ONLY=REGEX runs the drains whose
+# "label mode" matches (e.g. ONLY='^kafka wal$'; "triggers" for part 3); NOTE_BYTES (default 80)
+# is the length of the payload's filler (`repeat('x', n)`: compressible).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-100000}
@@ -34,7 +36,7 @@ fill() { # rows
     select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
            jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
              jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-             'note', repeat('x', 80))
+             'note', repeat('x', ${NOTE_BYTES:-80}))
     from generate_series(1, $1) i"
 }
 
@@ -47,6 +49,7 @@ quantile() { # q metrics-text -> seconds, from the histogram's cumulative bucket
 
 drain() { # sink mode config-file [label]
   local sink=$1 mode=$2 config=$3 label=${4:-$1}
+  [[ "$label $mode" =~ ${ONLY:-.} ]] || return 0
   psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
   fresh_db
   OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" migrate >/dev/null
@@ -129,6 +132,7 @@ for q in bench.1 bench.2; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || tr
 psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
 
 # The app's side: the same INSERT with and without the relay's triggers.
+[[ triggers =~ ${ONLY:-.} ]] || exit 0
 fresh_db
 "$relay" --config .services/bench-kafka.toml migrate >/dev/null
 psql_q -c "create table plain (like outbox including defaults including indexes)"

@@ -10,6 +10,7 @@
 //! entry's record arrived. Latency is arrival minus commit, per entry id. The application's
 //! session commits with `synchronous_commit = on`, as applications do. Prints the counts and
 //! p50/p90/p99/p99.9/max; exits 1 if an entry never arrived within 30 s after the load.
+//! `NOTE_BYTES` (default 80) sets the length of the payload's filler, as in `bench/run.sh`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -137,14 +138,15 @@ async fn offer(
     seconds: f64,
     logical: bool,
 ) -> anyhow::Result<Vec<(String, Instant)>> {
-    // The payload as bench/run.sh writes it, ~200 bytes.
+    // The payload as bench/run.sh writes it, ~200 bytes with the default filler.
+    let note: usize = std::env::var("NOTE_BYTES").map_or(Ok(80), |n| n.parse())?;
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "create or replace function pg_temp.payload(i bigint) returns jsonb language sql as $$
                select jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items',
                  jsonb_build_array(jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1,
-                 'price', 19.99)), 'note', repeat('x', 80)) $$",
-        )
+                 'price', 19.99)), 'note', repeat('x', {note})) $$"
+        ))
         .await?;
     let insert = client
         .prepare(

@@ -12,8 +12,10 @@
 #      first record the engine hands over to the $ROWS-th Kafka confirm;
 #   5. reports the JVM's CPU per message (utime + stime over its whole life, start-up included)
 #      and peak RSS (VmHWM), stops it and drops its slot.
-# Usage: bench/peers/debezium/run.sh [ROWS] [defaults|tuned]   (default 100000 tuned)
-# JAVA_OPTS is passed to the JVM (none by default: the JVM's own heap sizing).
+# Usage: bench/peers/debezium/run.sh [ROWS] [defaults|tuned]   (default 100000 tuned);
+#        LATENCY="5000 60" bench/peers/debezium/run.sh - tuned   (ROWS is then RATE × SECS)
+# JAVA_OPTS is passed to the JVM (none by default: the JVM's own heap sizing); NOTE_BYTES (default
+# 80) is the length of the payload's filler, as in bench/run.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../../.."
@@ -24,6 +26,15 @@ case $PROFILE in
   *) echo "usage: $0 [ROWS] [defaults|tuned]" >&2; exit 2 ;;
 esac
 KEYS=${KEYS:-1000}
+# LATENCY="RATE SECS": instead of a backlog, the commit → consumer latency at RATE entries/s for
+# SECS s, measured by examples/latency.rs exactly as bench/latency.sh measures the relay.
+latency_load=
+if [[ -n ${LATENCY:-} ]]; then
+  read -r rate secs <<<"$LATENCY"
+  ROWS=$((rate * secs))
+  cargo build --quiet --release --locked --example latency
+  latency_load=$PWD/target/release/examples/latency
+fi
 db_name=outbox_debezium
 slot=debezium_bench
 publication=debezium_bench
@@ -97,13 +108,18 @@ until grep -q '^debezium-peer: .* streaming (' "$log" \
 done
 streaming=$(date +%s.%N)
 
-# 4. The rows, in one statement, and the drain.
-psql_db -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
-  select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
-         jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
-           jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-           'note', repeat('x', 80))
-  from generate_series(1, $ROWS) i"
+# 4. The rows, in one statement, and the drain; or (LATENCY) the latency example's load.
+if [[ -n $latency_load ]]; then
+  # shellcheck disable=SC2086 # LATENCY is "RATE SECS", two arguments
+  latency_line=$("$latency_load" "$db?sslmode=disable" "$OUTBOX_RELAY_TEST_KAFKA" "$topic" $LATENCY table)
+else
+  psql_db -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
+    select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
+           jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
+             jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
+             'note', repeat('x', ${NOTE_BYTES:-80}))
+    from generate_series(1, $ROWS) i"
+fi
 inserted=$(date +%s.%N)
 deadline=$((SECONDS + 600))
 until grep -q '^{' "$out"; do
@@ -124,6 +140,7 @@ drop_slot
 rate=$(sed -n 's/.*"rows_per_s":\([0-9.]*\).*/\1/p' <<<"$json")
 cpu_us=$(echo "$ticks * 1000000 / $(getconf CLK_TCK) / $ROWS" | bc -l)
 echo "$json"
+[[ -z $latency_load ]] || echo "latency: $latency_line"
 printf 'debezium-%s rows=%d rows/s=%.0f cpu_us_per_msg=%.1f peak_rss_mib=%d startup_s=%.2f insert_s=%.2f\n' \
   "$PROFILE" "$ROWS" "$rate" "$cpu_us" "$((rss_kib / 1024))" \
   "$(echo "$streaming - $start" | bc -l)" "$(echo "$inserted - $streaming" | bc -l)"
