@@ -4,7 +4,7 @@
 # process's CPU per message and peak RSS. Needs a bench/run.sh run first (its config file).
 # Usage: bench/drain-one.sh RELAY_BINARY [ROWS] [wal|poll]
 set -euo pipefail
-cd "$(dirname "$0")/.."; source .services/env
+cd "$(dirname "$0")/.."; source .services/env; source bench/lib.sh
 bin=$1; N=${2:-500000}; mode=${3:-wal}
 admin=$OUTBOX_RELAY_TEST_PG; db=${admin%/*}/outbox_bench
 psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
@@ -19,7 +19,7 @@ psql "$db" -qAtX -c "insert into outbox (id, aggregatetype, aggregateid, type, p
 start=$(date +%s.%N)
 OUTBOX_RELAY__SOURCE__MODE=$mode $bin --config .services/bench-kafka.toml run >/dev/null 2>&1 &
 pid=$!
-until [[ $(psql "$db" -qAtX -c "select count(*) = 0 from outbox") == t ]]; do sleep 0.05; done
+wait_drained "$db" 19187 "$N"
 end=$(date +%s.%N)
 ticks=$(awk '{print $14 + $15}' /proc/$pid/stat); rss=$(awk '/^VmHWM:/ {print $2}' /proc/$pid/status)
 kill -TERM $pid; wait $pid || true

@@ -14,6 +14,7 @@
 # is the length of the payload's filler (`repeat('x', n)`: compressible).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROWS=${1:-100000}
 KEYS=${KEYS:-1000}
 
@@ -58,7 +59,7 @@ drain() { # sink mode config-file [label]
   start=$(date +%s.%N)
   OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" run >".services/bench-$label-$mode.log" 2>&1 &
   local pid=$!
-  until [[ $(psql_q -c "select count(*) = 0 from outbox") == t ]]; do sleep 0.05; done
+  wait_drained "$db" "$port" "$ROWS"
   end=$(date +%s.%N)
   metrics=$(curl -fsS "http://127.0.0.1:$port/metrics")
   # The relay's own CPU (user + system, start-up included) and peak RSS, before it stops.
