@@ -2,11 +2,12 @@
 # Commit → consumer latency at a fixed offered load (not a test: nothing here asserts a speed).
 # For each case a release build of the relay runs against a fresh database while the `latency`
 # example (examples/latency.rs) commits RATE entries a second for SECS seconds — transactions of
-# 10, ~200-byte JSON payloads, 1 000 keys — and a read_committed Kafka consumer in the same
-# process notes when each arrives. Reports p50/p90/p99/p99.9/max of arrival minus COMMIT's
-# return, and the relay's CPU per message and peak RSS over the run.
+# 10, ~200-byte JSON payloads, 1 000 keys — and a consumer in the same process (Kafka,
+# read_committed; or RabbitMQ) notes when each arrives. Reports p50/p90/p99/p99.9/max of arrival
+# minus COMMIT's return, and the relay's CPU per message and peak RSS over the run.
 # Cases: WAL → Kafka and polling → Kafka at RATE (idempotent), the logical-message outbox → Kafka
-# at RATE, WAL → Kafka transactional at RATE, and polling at POLL_RATE (default 10000).
+# at RATE, WAL → Kafka transactional at RATE, polling at POLL_RATE (default 10000), and WAL and
+# polling → RabbitMQ at RATE (publisher confirms; the consumer reads both queues).
 # Usage: bench/latency.sh [RATE] [SECS]   (defaults 5000, 60); ONLY=REGEX runs the cases whose
 # label matches; EXTRA_TOML is appended to the relay's config (e.g. `[sink.properties]` lines);
 # RELAY=PATH runs that relay binary instead of this tree's release build (to compare two builds).
@@ -43,16 +44,46 @@ kind = "kafka"
 brokers = "$OUTBOX_RELAY_TEST_KAFKA"
 ${EXTRA_TOML:-}
 TOML
+# RabbitMQ as bench/run.sh has it: a consistent-hash exchange over two queues, which the
+# consumer reads.
+rabbit_config=.services/latency-rabbitmq.toml
+sed '/^\[sink\]$/,$d' "$config" >"$rabbit_config"
+cat >>"$rabbit_config" <<TOML
+[sink]
+kind = "rabbitmq"
+url = "$OUTBOX_RELAY_TEST_AMQP"
+[[sink.exchanges]]
+name = "latency.bench"
+kind = "x-consistent-hash"
+[[sink.queues]]
+name = "latency.1"
+[[sink.queues]]
+name = "latency.2"
+[[sink.bindings]]
+queue = "latency.1"
+exchange = "latency.bench"
+routing_key = "1"
+[[sink.bindings]]
+queue = "latency.2"
+exchange = "latency.bench"
+routing_key = "1"
+TOML
 
-case_() { # label mode delivery rate table|message
-  local label=$1 mode=$2 delivery=$3 rate=$4 via=$5
-  local log=".services/latency-$mode-$delivery-$via-$rate.log"
+case_() { # label mode delivery rate table|message [kafka|rabbitmq]
+  local label=$1 mode=$2 delivery=$3 rate=$4 via=$5 sink=${6:-kafka}
+  local log=".services/latency-$sink-$mode-$delivery-$via-$rate.log"
   [[ $label =~ ${ONLY:-.} ]] || return 0
   psql "$admin" -qAtX -c "select pg_drop_replication_slot('latency') from pg_replication_slots where slot_name = 'latency'" >/dev/null
   psql "$admin" -qX -c "drop database if exists outbox_latency with (force)" -c "create database outbox_latency" >/dev/null
-  local env=(OUTBOX_RELAY__SOURCE__MODE="$mode" OUTBOX_RELAY__SINK__DELIVERY="$delivery")
-  env "${env[@]}" "$relay" --config "$config" migrate >/dev/null
-  env "${env[@]}" "$relay" --config "$config" run >"$log" 2>&1 &
+  local env=(OUTBOX_RELAY__SOURCE__MODE="$mode") cfg=$config brokers=$OUTBOX_RELAY_TEST_KAFKA
+  local target=latency.bench
+  if [[ $sink == rabbitmq ]]; then
+    cfg=$rabbit_config brokers=$OUTBOX_RELAY_TEST_AMQP target=latency.1,latency.2
+  else
+    env+=(OUTBOX_RELAY__SINK__DELIVERY="$delivery")
+  fi
+  env "${env[@]}" "$relay" --config "$cfg" migrate >/dev/null
+  env "${env[@]}" "$relay" --config "$cfg" run >"$log" 2>&1 &
   local pid=$!
   until curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null | grep -q running; do
     kill -0 "$pid" 2>/dev/null || { echo "$label: the relay stopped (see $log)" >&2; return 1; }
@@ -61,7 +92,7 @@ case_() { # label mode delivery rate table|message
   local before
   before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   local out
-  out=$("$load" "$db?sslmode=disable" "$OUTBOX_RELAY_TEST_KAFKA" latency.bench "$rate" "$SECS" "$via") || true
+  out=$("$load" "$db?sslmode=disable" "$brokers" "$target" "$rate" "$SECS" "$via") || true
   local ticks rss_kib
   ticks=$(( $(awk '{print $14 + $15}' "/proc/$pid/stat") - before ))
   rss_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
@@ -79,4 +110,7 @@ case_ "polling → Kafka, idempotent" poll idempotent "$RATE" table
 case_ "logical messages → Kafka" wal idempotent "$RATE" message
 case_ "WAL → Kafka, transactional" wal transactional "$RATE" table
 case_ "polling → Kafka at $POLL_RATE/s" poll idempotent "$POLL_RATE" table
+case_ "WAL → RabbitMQ" wal confirms "$RATE" table rabbitmq
+case_ "polling → RabbitMQ" poll confirms "$RATE" table rabbitmq
+for q in latency.1 latency.2; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
 psql "$admin" -qAtX -c "select pg_drop_replication_slot('latency') from pg_replication_slots where slot_name = 'latency'" >/dev/null

@@ -2,6 +2,10 @@
 //!
 //!   cargo run --release --example latency -- <postgres-url> <brokers> <topic> <rows/s> <seconds> [table|message]
 //!
+//! `brokers` is Kafka's bootstrap list, or an `amqp://` URL: then `topic` names the RabbitMQ
+//! queues to consume (comma-separated; declared and purged first) and an entry's id is its
+//! `message_id`.
+//!
 //! An application's side and a consumer's side in one process, so one clock serves both: the
 //! application commits transactions of ROWS_PER_TXN outbox entries (about 200-byte JSON
 //! payloads, 1 000 keys) at the offered rate — into the outbox table, or as
@@ -45,8 +49,13 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let arrivals = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
-    let consumer = consumer_at_the_end(brokers, topic).await?;
-    let consuming = tokio::spawn(consume(consumer, Arc::clone(&arrivals)));
+    let consuming = if brokers.starts_with("amqp://") || brokers.starts_with("amqps://") {
+        let (connection, consumers) = queues_emptied(brokers, topic).await?;
+        tokio::spawn(consume_amqp(connection, consumers, Arc::clone(&arrivals)))
+    } else {
+        let consumer = consumer_at_the_end(brokers, topic).await?;
+        tokio::spawn(consume(consumer, Arc::clone(&arrivals)))
+    };
 
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
@@ -127,6 +136,46 @@ async fn consume(consumer: StreamConsumer, arrivals: Arc<Mutex<HashMap<String, I
             arrivals.lock().unwrap().entry(id).or_insert(now);
         }
     }
+}
+
+/// A consumer (no acknowledgements) of each of `queues`, comma-separated: declared as the relay
+/// declares a configured queue by default (durable, no arguments; it declares its topology only
+/// when it first sends) and emptied first.
+async fn queues_emptied(
+    url: &str,
+    queues: &str,
+) -> anyhow::Result<(lapin::Connection, Vec<lapin::Consumer>)> {
+    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueuePurgeOptions};
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let mut consumers = Vec::new();
+    for queue in queues.split(',') {
+        let channel = connection.create_channel().await?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(queue.into(), durable, Default::default()).await?;
+        channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await?;
+        let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let table = lapin::types::FieldTable::default();
+        let consumer = channel.basic_consume(queue.into(), "latency".into(), options, table);
+        consumers.push(consumer.await?);
+    }
+    Ok((connection, consumers))
+}
+
+/// Notes when each message arrived, by its `message_id`.
+async fn consume_amqp(
+    connection: lapin::Connection,
+    consumers: Vec<lapin::Consumer>,
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+) {
+    let mut deliveries = futures::stream::select_all(consumers);
+    while let Some(Ok(delivery)) = deliveries.next().await {
+        let now = Instant::now();
+        if let Some(id) = delivery.properties.message_id() {
+            arrivals.lock().unwrap().entry(id.to_string()).or_insert(now);
+        }
+    }
+    drop(connection);
 }
 
 /// Commits `rate` entries a second for `seconds`, ROWS_PER_TXN per transaction, each when it
