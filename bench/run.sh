@@ -2,7 +2,8 @@
 # End-to-end benchmark (not a test: nothing here asserts a speed). Reports:
 #   1. drain: a backlog of $ROWS outbox rows (~200-byte JSON payloads, $KEYS keys) published by a
 #      release build of the relay, polling and WAL tailing, to Apache Kafka (idempotent and
-#      transactional delivery) and to RabbitMQ;
+#      transactional delivery) and to RabbitMQ, and the same entries as logical messages (WAL →
+#      Kafka, label kafka-messages);
 #      rows/s until the outbox is empty, i.e. every row confirmed by the broker and deleted;
 #   2. the relay process's CPU per message (utime + stime over the rows, start-up included) and
 #      peak RSS (VmHWM), and confirm latency p50/p99 from the relay's own histogram;
@@ -48,13 +49,24 @@ quantile() { # q metrics-text -> seconds, from the histogram's cumulative bucket
     END { for (i = 1; i <= k; i++) if (n[i] >= q * total) { print b[i]; exit } }' <<<"$2"
 }
 
-drain() { # sink mode config-file [label]
-  local sink=$1 mode=$2 config=$3 label=${4:-$1}
+# The same entries as logical messages (`source.message_prefix`, envelope format), emitted in one
+# transaction as `fill` inserts its rows: the outbox table stays empty.
+fill_messages() { # count
+  psql_q -c "select count(pg_logical_emit_message(true, 'outbox', jsonb_build_object(
+      'id', gen_random_uuid(), 'aggregatetype', 'bench', 'aggregateid', 'key-' || (i % $KEYS),
+      'type', 'Benchmarked', 'payload', jsonb_build_object('n', i, 'customer', 'c-' || (i % 977),
+      'items', jsonb_build_array(jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1,
+      'price', 19.99)), 'note', repeat('x', ${NOTE_BYTES:-80})))::text))
+    from generate_series(1, $1) i" >/dev/null
+}
+
+drain() { # sink mode config-file [label] [filler]
+  local sink=$1 mode=$2 config=$3 label=${4:-$1} filler=${5:-fill}
   [[ "$label $mode" =~ ${ONLY:-.} ]] || return 0
   psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
   fresh_db
   OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" migrate >/dev/null
-  fill "$ROWS"
+  "$filler" "$ROWS"
   local start end metrics
   start=$(date +%s.%N)
   OUTBOX_RELAY__SOURCE__MODE=$mode "$relay" --config "$config" run >".services/bench-$label-$mode.log" 2>&1 &
@@ -125,6 +137,7 @@ for mode in poll wal; do
   drain kafka "$mode" .services/bench-kafka.toml
   drain kafka "$mode" .services/bench-kafka-tx.toml kafka-transactional
 done
+drain kafka wal .services/bench-kafka.toml kafka-messages fill_messages
 for mode in poll wal; do
   for q in bench.1 bench.2; do rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true; done
   drain rabbitmq "$mode" .services/bench-rabbitmq.toml
