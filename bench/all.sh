@@ -12,6 +12,7 @@
 # a fraction of the limits it passes through (WAL: min(decode, the sink's limit), the decode
 # limit being measured on table rows, also for logical messages; polling: the sink's limit), and each relay → Kafka drain against Debezium tuned (throughput ×, CPU and RSS
 # as fractions). Every part's own output is kept in .services/bench-all/.
+# Kafka and RabbitMQ are warmed up first (a million records, 100 000 messages; not measured).
 # Usage: bench/all.sh [N] [RATE] [SECS]   (defaults 300000 5000 60); NOTE_BYTES as in bench/run.sh.
 # bench/sweep.sh draws the payload-size plot; it is not part of this run (it takes as long again).
 set -euo pipefail
@@ -30,6 +31,12 @@ step() { # name command...
   echo "== $name: $*" >&2
   "$@" 2>"$out/$name.err" | tee "$out/$name.txt" >&2
 }
+# The brokers' JVM and Erlang compile their hot paths in the first messages they see: a Kafka
+# just started confirmed 262k records/s to the raw producer, the same one warm 840–920k. Warm
+# both once (unmeasured) so that whatever runs first does not pay for it.
+echo "== warm-up (not measured)" >&2
+bench/limits/produce.sh 1000000 >/dev/null 2>&1
+bench/limits/publish.sh 100000 >/dev/null 2>&1
 step limits bench/limits/all.sh "$N"
 step relay bench/run.sh "$N"
 step debezium-tuned bench/peers/debezium/run.sh "$N" tuned
@@ -46,7 +53,7 @@ echo "# $N entries, ~$bytes-byte payloads; $(nproc) cores; $(date -u +%Y-%m-%dT%
 cat "$out/limits.txt" "$out/relay.txt" "$out/debezium-tuned.txt" "$out/debezium-defaults.txt" |
   awk -v bytes="$bytes" '
     function kv(key,   i) { for (i = 1; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2); return "" }
-    function min(a, b) { return a < b ? a : b }
+    function min(a, b) { return a + 0 < b + 0 ? a : b }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
     $1 == "limit" { limit[$2] = kv("rows_per_s"); limit_cpu[$2] = kv("cpu_us_per_msg"); next }
     /^debezium-/ { name = $1; rate[name] = kv("rows/s"); cpu[name] = kv("cpu_us_per_msg"); rss[name] = kv("peak_rss_mib"); order[++n] = name; next }
