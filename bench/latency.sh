@@ -13,6 +13,7 @@
 # RELAY=PATH runs that relay binary instead of this tree's release build (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RATE=${1:-5000}
 SECS=${2:-60}
 POLL_RATE=${POLL_RATE:-10000}
@@ -47,27 +48,7 @@ TOML
 # RabbitMQ as bench/run.sh has it: a consistent-hash exchange over two queues, which the
 # consumer reads.
 rabbit_config=.services/latency-rabbitmq.toml
-sed '/^\[sink\]$/,$d' "$config" >"$rabbit_config"
-cat >>"$rabbit_config" <<TOML
-[sink]
-kind = "rabbitmq"
-url = "$OUTBOX_RELAY_TEST_AMQP"
-[[sink.exchanges]]
-name = "latency.bench"
-kind = "x-consistent-hash"
-[[sink.queues]]
-name = "latency.1"
-[[sink.queues]]
-name = "latency.2"
-[[sink.bindings]]
-queue = "latency.1"
-exchange = "latency.bench"
-routing_key = "1"
-[[sink.bindings]]
-queue = "latency.2"
-exchange = "latency.bench"
-routing_key = "1"
-TOML
+{ sed '/^\[sink\]$/,$d' "$config"; rabbit_sink_toml latency.bench latency; } >"$rabbit_config"
 
 case_() { # label mode delivery rate table|message [kafka|rabbitmq]
   local label=$1 mode=$2 delivery=$3 rate=$4 via=$5 sink=${6:-kafka}

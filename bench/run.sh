@@ -109,27 +109,7 @@ brokers = "$OUTBOX_RELAY_TEST_KAFKA"
 TOML
 sed 's/^kind = "kafka"$/kind = "kafka"\ndelivery = "transactional"/' .services/bench-kafka.toml \
   >.services/bench-kafka-tx.toml
-cat >.services/bench-rabbitmq.toml <<TOML
-$common
-[sink]
-kind = "rabbitmq"
-url = "$OUTBOX_RELAY_TEST_AMQP"
-[[sink.exchanges]]
-name = "bench.bench"
-kind = "x-consistent-hash"
-[[sink.queues]]
-name = "bench.1"
-[[sink.queues]]
-name = "bench.2"
-[[sink.bindings]]
-queue = "bench.1"
-exchange = "bench.bench"
-routing_key = "1"
-[[sink.bindings]]
-queue = "bench.2"
-exchange = "bench.bench"
-routing_key = "1"
-TOML
+{ echo "$common"; rabbit_sink_toml bench.bench bench; } >.services/bench-rabbitmq.toml
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; Kafka: $(basename "$(dirname "$OUTBOX_RELAY_KAFKA_LIBS")")"
 scripts/services.sh topic bench.bench 12
