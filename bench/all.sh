@@ -10,8 +10,8 @@
 #   4. commit → consumer latency at a fixed offered load: bench/latency.sh RATE SECS;
 # then a summary: per system rows/s, MB/s of payload, CPU µs/msg, peak RSS; each relay drain as
 # a fraction of the limits it passes through (WAL: min(decode, the sink's limit), the decode
-# limit being measured on table rows, also for logical messages; polling: the sink's limit), and each relay → Kafka drain against Debezium tuned (throughput ×, CPU and RSS
-# as fractions). Every part's own output is kept in .services/bench-all/.
+# limit being measured on table rows, also for logical messages; polling: the sink's limit), and
+# each relay → Kafka drain against Debezium tuned (throughput ×, CPU and RSS as fractions). Every part's own output is kept in .services/bench-all/.
 # Kafka and RabbitMQ are warmed up first (a million records, 100 000 messages; not measured).
 # Usage: bench/all.sh [N] [RATE] [SECS]   (defaults 300000 5000 60); NOTE_BYTES as in bench/run.sh.
 # bench/sweep.sh draws the payload-size plot; it is not part of this run (it takes as long again).
@@ -23,6 +23,7 @@ SECS=${3:-60}
 
 scripts/services.sh up >/dev/null
 source .services/env
+source bench/lib.sh
 out=.services/bench-all
 mkdir -p "$out"
 step() { # name command...
@@ -43,10 +44,7 @@ step debezium-tuned bench/peers/debezium/run.sh "$N" tuned
 step debezium-defaults bench/peers/debezium/run.sh "$N" defaults
 step latency bench/latency.sh "$RATE" "$SECS"
 
-# The payload as every script here builds it, measured as the JSON text a consumer receives.
-bytes=$(psql "$OUTBOX_RELAY_TEST_PG" -qAtX -c "select octet_length(jsonb_build_object('n', 100000,
-  'customer', 'c-100', 'items', jsonb_build_array(jsonb_build_object('sku', 'sku-10', 'qty', 3,
-  'price', 19.99)), 'note', repeat('x', ${NOTE_BYTES:-80}))::text)")
+bytes=$(payload_bytes)
 
 echo
 echo "# $N entries, ~$bytes-byte payloads; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ); $(git rev-parse --short HEAD)"

@@ -10,12 +10,7 @@ admin=$OUTBOX_RELAY_TEST_PG; db=${admin%/*}/outbox_bench
 psql "$admin" -qAtX -c "select pg_drop_replication_slot('bench') from pg_replication_slots where slot_name = 'bench'" >/dev/null
 psql "$admin" -qX -c "drop database if exists outbox_bench with (force)" -c "create database outbox_bench" >/dev/null
 OUTBOX_RELAY__SOURCE__MODE=$mode $bin --config .services/bench-kafka.toml migrate >/dev/null
-psql "$db" -qAtX -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
-    select gen_random_uuid(), 'bench', 'key-' || (i % 1000), 'Benchmarked',
-           jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
-             jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-             'note', repeat('x', ${NOTE_BYTES:-80}))
-    from generate_series(1, $N) i"
+psql "$db" -qAtX -c "$(insert_rows_sql "$N" 1000)"
 start=$(date +%s.%N)
 OUTBOX_RELAY__SOURCE__MODE=$mode $bin --config .services/bench-kafka.toml run >/dev/null 2>&1 &
 pid=$!

@@ -1,4 +1,25 @@
-# Sourced by the bench scripts (bench/run.sh, bench/drain-one.sh, bench/latency.sh).
+# Sourced by the bench scripts (run.sh, drain-one.sh, latency.sh, sweep.sh, all.sh, limits/decode.sh,
+# peers/debezium/run.sh).
+
+# The benches' payload of entry I (an SQL expression in I): ~200-byte JSON whose `note` filler is
+# NOTE_BYTES long (default 80; `repeat('x', n)`, compressible).
+payload_sql() { # i
+  echo "jsonb_build_object('n', $1, 'customer', 'c-' || ($1 % 977), 'items', jsonb_build_array(
+    jsonb_build_object('sku', 'sku-' || ($1 % 101), 'qty', $1 % 7 + 1, 'price', 19.99)),
+    'note', repeat('x', ${NOTE_BYTES:-80}))"
+}
+
+# The INSERT of ROWS outbox rows in one statement, keys key-0 … key-(KEYS-1).
+insert_rows_sql() { # rows keys
+  echo "insert into outbox (id, aggregatetype, aggregateid, type, payload)
+    select gen_random_uuid(), 'bench', 'key-' || (i % $2), 'Benchmarked', $(payload_sql i)
+    from generate_series(1, $1) i"
+}
+
+# The payload's size as a consumer receives it (its JSON text), in bytes.
+payload_bytes() {
+  psql "$OUTBOX_RELAY_TEST_PG" -qAtX -c "select octet_length(($(payload_sql 100000))::text)"
+}
 
 # Waits until the relay listening for metrics on 127.0.0.1:PORT has acknowledged ROWS entries,
 # then until the outbox of DB is empty (its last deletes). Watching must not take CPU from what

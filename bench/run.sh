@@ -34,12 +34,7 @@ fresh_db() {
 }
 
 fill() { # rows
-  psql_q -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
-    select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
-           jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
-             jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-             'note', repeat('x', ${NOTE_BYTES:-80}))
-    from generate_series(1, $1) i"
+  psql_q -c "$(insert_rows_sql "$1" "$KEYS")"
 }
 
 quantile() { # q metrics-text -> seconds, from the histogram's cumulative buckets
@@ -54,9 +49,7 @@ quantile() { # q metrics-text -> seconds, from the histogram's cumulative bucket
 fill_messages() { # count
   psql_q -c "select count(pg_logical_emit_message(true, 'outbox', jsonb_build_object(
       'id', gen_random_uuid(), 'aggregatetype', 'bench', 'aggregateid', 'key-' || (i % $KEYS),
-      'type', 'Benchmarked', 'payload', jsonb_build_object('n', i, 'customer', 'c-' || (i % 977),
-      'items', jsonb_build_array(jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1,
-      'price', 19.99)), 'note', repeat('x', ${NOTE_BYTES:-80})))::text))
+      'type', 'Benchmarked', 'payload', $(payload_sql i))::text))
     from generate_series(1, $1) i" >/dev/null
 }
 

@@ -17,16 +17,14 @@ NOTES=${NOTES:-80 900 3900 15900}
 
 scripts/services.sh up >/dev/null
 source .services/env
+source bench/lib.sh
 csv=.services/sweep.csv
 echo "system,payload_bytes,rows_per_s,cpu_us_per_msg,peak_rss_mib,p50_ms,p99_ms" >"$csv"
 field() { grep -oP "$1" <<<"$2" | head -n 1; }
 
 for note in $NOTES; do
   export NOTE_BYTES=$note
-  # The payload as every script here builds it, measured as the JSON text a consumer receives.
-  bytes=$(psql "$OUTBOX_RELAY_TEST_PG" -qAtX -c "select octet_length(jsonb_build_object('n', 100000,
-    'customer', 'c-100', 'items', jsonb_build_array(jsonb_build_object('sku', 'sku-10', 'qty', 3,
-    'price', 19.99)), 'note', repeat('x', $note))::text)")
+  bytes=$(payload_bytes)
   echo "== payload $bytes bytes (filler $note)" >&2
 
   drain=$(ONLY='^kafka wal$' bench/run.sh "$ROWS" | grep '^kafka ')

@@ -14,6 +14,7 @@ cd "$(dirname "$0")/../.."
 N=${1:-100000}
 KEYS=1000
 source .services/env
+source bench/lib.sh
 PATH=$OUTBOX_RELAY_TEST_PG_BIN:$PATH
 admin=$OUTBOX_RELAY_TEST_PG
 # Plaintext, as bench/run.sh's relay: TLS would cost the stream a third of its rate on 2 cores.
@@ -49,12 +50,7 @@ SQL
 # synchronous_commit = on for this one commit: a walsender decodes only flushed WAL, and the
 # test server's is off, so the rows would wait for the WAL writer (wal_writer_delay, 200 ms) —
 # latency that a stream of transactions hides, not the decode rate.
-psql_db -c "set synchronous_commit = on" -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
-  select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
-         jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
-           jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-           'note', repeat('x', 80))
-  from generate_series(1, $N) i"
+psql_db -c "set synchronous_commit = on" -c "$(NOTE_BYTES=80 insert_rows_sql "$N" "$KEYS")"
 # The end of the INSERT's commit record (or later, if other databases write WAL meanwhile:
 # pg_recvlogical then stops at the first record or keepalive past it). The insert position, not
 # pg_current_wal_lsn(): that is the write position, which with synchronous_commit = off (the

@@ -42,6 +42,7 @@ topic=outbox.event.bench
 
 scripts/services.sh up >/dev/null
 source .services/env
+source bench/lib.sh
 admin=$OUTBOX_RELAY_TEST_PG
 db=${admin%/*}/$db_name
 # Plaintext, as bench/run.sh gives the relay.
@@ -113,12 +114,7 @@ if [[ -n $latency_load ]]; then
   # shellcheck disable=SC2086 # LATENCY is "RATE SECS", two arguments
   latency_line=$("$latency_load" "$db?sslmode=disable" "$OUTBOX_RELAY_TEST_KAFKA" "$topic" $LATENCY table)
 else
-  psql_db -c "insert into outbox (id, aggregatetype, aggregateid, type, payload)
-    select gen_random_uuid(), 'bench', 'key-' || (i % $KEYS), 'Benchmarked',
-           jsonb_build_object('n', i, 'customer', 'c-' || (i % 977), 'items', jsonb_build_array(
-             jsonb_build_object('sku', 'sku-' || (i % 101), 'qty', i % 7 + 1, 'price', 19.99)),
-             'note', repeat('x', ${NOTE_BYTES:-80}))
-    from generate_series(1, $ROWS) i"
+  psql_db -c "$(insert_rows_sql "$ROWS" "$KEYS")"
 fi
 inserted=$(date +%s.%N)
 deadline=$((SECONDS + 600))
